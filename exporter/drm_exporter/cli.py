@@ -1,0 +1,189 @@
+"""The `drm-exporter` command: serve, render, dashboards, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_LISTEN_ADDRESS, Config, ConfigError, load_config_file
+
+log = logging.getLogger("drm_exporter")
+
+# The bundle (dashboards, rules, prometheus.yml) sits beside the package in a checkout and in
+# the container image; an installed wheel has no bundle, so the commands take paths.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS_DIR = REPO_ROOT / "grafana" / "provisioning" / "dashboards"
+RULES_DIR = REPO_ROOT / "prometheus" / "rules"
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '3m', '1h' → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 3m)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be > 0: {text!r}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .service import Service
+
+    cfg = load_config_file(args.config) if args.config else Config()
+    if args.listen_address:
+        cfg = replace(cfg, listen_address=args.listen_address)
+    if args.simulate is not None or args.seed is not None:
+        sim = cfg.simulator
+        settings = replace(sim.settings, seed=args.seed) if args.seed is not None \
+            else sim.settings
+        cfg = replace(cfg, simulator=replace(
+            sim, enabled=sim.enabled if args.simulate is None else args.simulate,
+            settings=settings))
+    if args.host_worker is not None:
+        cfg = replace(cfg, host_worker=replace(cfg.host_worker, enabled=args.host_worker))
+    svc = Service(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        svc.start()
+    except OSError as e:
+        print(f"drm-exporter: cannot listen on {cfg.listen_address}: {e.strerror}",
+              file=sys.stderr)
+        return 1
+    assert svc.http is not None
+    log.info("serving /metrics on http://%s:%d (simulator %s, host worker %s)",
+             cfg.listen_address.rpartition(":")[0], svc.http.port,
+             "on" if svc.simulator else "off", "on" if svc.host_worker else "off")
+    stop.wait()
+    log.info("stopping")
+    svc.stop()
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    import json
+
+    from .renderer import render_dashboards
+
+    files = sorted(args.dashboards.glob("*.json")) if args.dashboards.is_dir() else \
+        [args.dashboards]
+    if not files:
+        print(f"drm-exporter render: no dashboard JSON in {args.dashboards}", file=sys.stderr)
+        return 2
+    dashboards = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    end = time.time()
+    report = render_dashboards(args.prometheus, dashboards, args.out, end - args.range, end,
+                               scrape_interval_s=args.scrape_interval)
+    return _print_render_report(report)
+
+
+def _print_render_report(report: object) -> int:
+    from .renderer import dashboard_has_data
+
+    failed = 0
+    for entry in report.dashboards:  # type: ignore[attr-defined]
+        print(f"{entry.path}: {entry.panels_with_data}/{entry.panels_total} panels with data")
+        for title, reason in entry.no_data:
+            print(f"    no data: {title} ({reason})")
+        for err in entry.errors:
+            print(f"    query error: {err}")
+        if not dashboard_has_data(entry):
+            failed += 1
+            print(f"    dashboard {entry.title!r} has no data at all", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from drm_dashboards.build import write_all
+
+    paths = write_all(args.out, rules_path=args.rules)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .localstack import run_demo
+
+    return run_demo(duration_s=args.duration, out_dir=args.out, config=args.config,
+                    exporter_port=args.port, prometheus_port=args.prometheus_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drm-exporter", description=__doc__)
+    p.add_argument("--version", action="version", version=f"drm-exporter {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve /metrics for the DRM engine and this host",
+                       description="Serve /metrics and /healthz for the DRM engine, with this "
+                       "host as a worker and optionally a simulated fleet.")
+    s.add_argument("--config", type=Path, help="YAML config file (see README)")
+    s.add_argument("--listen-address", help=f"HOST:PORT (default {DEFAULT_LISTEN_ADDRESS})")
+    s.add_argument("--simulate", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the seeded simulated fleet (default: from config, else off)")
+    s.add_argument("--seed", type=int, help="simulator seed")
+    s.add_argument("--host-worker", action=argparse.BooleanOptionalAction, default=None,
+                   help="report this machine as a worker (default on)")
+    s.set_defaults(fn=_serve)
+
+    r = sub.add_parser("render", help="draw the dashboards to PNG from a Prometheus",
+                       description="Run every panel's queries against Prometheus and draw each "
+                       "dashboard as one PNG. Exits 1 if a whole dashboard has no data.")
+    r.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    r.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out)")
+    r.add_argument("--dashboards", type=Path, default=DASHBOARDS_DIR,
+                   help="dashboard JSON file or folder (default: the bundle's)")
+    r.add_argument("--range", type=parse_duration, default=parse_duration("15m"),
+                   help="time range ending now (default 15m)")
+    r.add_argument("--scrape-interval", type=parse_duration, default=15.0,
+                   help="Prometheus scrape interval, for $__rate_interval (default 15s)")
+    r.set_defaults(fn=_render)
+
+    d = sub.add_parser("dashboards", help="generate the dashboard JSON and recording rules",
+                       description="Generate the five dashboards (grafanalib) as JSON and the "
+                       "recording rules they use.")
+    d.add_argument("--out", type=Path, default=DASHBOARDS_DIR, help="JSON output folder")
+    d.add_argument("--rules", type=Path, default=RULES_DIR / "recording.yml",
+                   help="recording rules output file")
+    d.set_defaults(fn=_dashboards)
+
+    m = sub.add_parser("demo", help="exporter + Prometheus + five PNGs on this machine",
+                       description="Start the exporter with a simulated fleet plus this host, "
+                       "a local Prometheus, wait, render the five dashboards, stop everything.")
+    m.add_argument("--duration", type=parse_duration, default=parse_duration("3m"),
+                   help="how long to collect before rendering (default 3m)")
+    m.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out)")
+    m.add_argument("--config", type=Path, default=REPO_ROOT / "deploy" / "local" / "demo.yml",
+                   help="exporter config (default deploy/local/demo.yml)")
+    m.add_argument("--port", type=int, default=9847, help="exporter port (default 9847)")
+    m.add_argument("--prometheus-port", type=int, default=19090,
+                   help="Prometheus port (default 19090)")
+    m.set_defaults(fn=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"drm-exporter: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Configuration from YAML, checked against dataclasses; every error names the key and line.
+
+    listen_address: 127.0.0.1:9847
+    tick_interval_s: 1
+    engine: {heartbeat_timeout_s: 30, cost_max_gap_s: 300, provisioning_timeout_s: 900}
+    pools:
+      cpu: {scale_up: 0.8, scale_down: 0.3, target: 0.7, cooldown_up_s: 300,
+            cooldown_down_s: 600, min_workers: 1, max_workers: 20, max_step: 4,
+            evaluation_interval_s: 60}
+    simulator: {enabled: false, seed: 42, workers: 8, gpu_workers: 3, ...}
+    host_worker: {enabled: true, worker: "", pool: local, provider: onprem, region: local,
+                  instance_type: host}
+    collectors: {host: {enabled: true, interval_s: 5}, gpu: {enabled: true, interval_s: 5}}
+    cost:
+      budgets_usd: {aws: 1000}
+      prices: [{provider: aws, instance_type: m5.2xlarge, usd_per_hour: 0.384, region: "*"}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .engine import EngineSettings
+from .prices import Price
+from .scaling import PoolPolicy
+from .simulator import SimulatorSettings
+
+DEFAULT_PORT = 9847
+DEFAULT_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the file, line and key."""
+
+
+@dataclass(frozen=True)
+class HostWorkerConfig:
+    enabled: bool = True
+    worker: str = ""  # empty: this machine's hostname
+    pool: str = "local"
+    provider: str = "onprem"
+    region: str = "local"
+    instance_type: str = "host"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    enabled: bool = True
+    interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+
+
+@dataclass(frozen=True)
+class CollectorsConfig:
+    host: CollectorConfig = field(default_factory=CollectorConfig)
+    gpu: CollectorConfig = field(default_factory=CollectorConfig)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    enabled: bool = False
+    settings: SimulatorSettings = field(default_factory=SimulatorSettings)
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    budgets_usd: dict[str, float] = field(default_factory=dict)
+    prices: tuple[Price, ...] = ()  # added to (and overriding) the built-in table
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    tick_interval_s: float = 1.0
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    pools: dict[str, PoolPolicy] = field(default_factory=dict)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    host_worker: HostWorkerConfig = field(default_factory=HostWorkerConfig)
+    collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+
+    def __post_init__(self) -> None:
+        if self.tick_interval_s <= 0:
+            raise ValueError("tick_interval_s must be > 0")
+        parse_listen_address(self.listen_address)
+
+
+def parse_listen_address(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address must be HOST:PORT, got {addr!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _where(source: str, node: yaml.Node) -> str:
+    return f"{source}:{node.start_mark.line + 1}"
+
+
+class _Builder:
+    def __init__(self, source: str, loader: yaml.SafeLoader) -> None:
+        self.source, self.loader = source, loader
+
+    def fail(self, node: yaml.Node, key: str, msg: str) -> typing.NoReturn:
+        raise ConfigError(f"{_where(self.source, node)}: {key}: {msg}")
+
+    def build(self, tp: Any, node: yaml.Node, key: str) -> Any:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self._dataclass(tp, node, key)
+        if origin is dict:
+            if not isinstance(node, yaml.MappingNode):
+                self.fail(node, key, "expected a mapping")
+            _, vt = typing.get_args(tp)
+            out = {}
+            for kn, vn in node.value:
+                k = self.scalar(str, kn, key)
+                out[k] = self.build(vt, vn, f"{key}.{k}")
+            return out
+        if origin is tuple:
+            if not isinstance(node, yaml.SequenceNode):
+                self.fail(node, key, "expected a list")
+            (et, _) = typing.get_args(tp)
+            return tuple(self.build(et, n, f"{key}[{i}]") for i, n in enumerate(node.value))
+        return self.scalar(tp, node, key)
+
+    def scalar(self, tp: Any, node: yaml.Node, key: str) -> Any:
+        want = _KIND.get(tp, tp.__name__)
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, key, f"expected {want}")
+        v = self.loader.construct_object(node)
+        if tp is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if tp is str and isinstance(v, int | float) and not isinstance(v, bool):
+            v = str(v)
+        if not isinstance(v, tp) or (tp is not bool and isinstance(v, bool)):
+            self.fail(node, key, f"expected {want}, got {v!r}")
+        return v
+
+    def _dataclass(self, tp: Any, node: yaml.Node, key: str) -> Any:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return tp()
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, key or "(top level)", "expected a mapping")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name for f in dataclasses.fields(tp)}
+        if tp is SimulatorConfig:  # simulator settings sit flat beside `enabled`
+            fields |= {f.name for f in dataclasses.fields(SimulatorSettings)}
+        kwargs: dict[str, Any] = {}
+        sim: dict[str, Any] = {}
+        for kn, vn in node.value:
+            k = self.scalar(str, kn, key)
+            full = f"{key}.{k}" if key else k
+            if k not in fields:
+                self.fail(kn, full, f"unknown key (known: {', '.join(sorted(fields))})")
+            if tp is SimulatorConfig and k != "enabled":
+                st = typing.get_type_hints(SimulatorSettings)[k]
+                sim[k] = self.build(st, vn, full)
+                continue
+            t = hints[k]
+            if isinstance(t, types.UnionType):
+                t = next(a for a in typing.get_args(t) if a is not type(None))
+            kwargs[k] = self.build(t, vn, full)
+        try:
+            if tp is SimulatorConfig:
+                return SimulatorConfig(kwargs.get("enabled", False), SimulatorSettings(**sim))
+            return tp(**kwargs)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            self.fail(node, key or "(top level)", str(e))
+
+
+def load_config(text: str, source: str = "<config>") -> Config:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Config()
+        return _Builder(source, loader).build(Config, node, "")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    finally:
+        loader.dispose()
+
+
+def load_config_file(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    return load_config(text, str(path))

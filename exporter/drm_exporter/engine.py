@@ -1,0 +1,364 @@
+"""The DRM engine: fleet registry, reservations, scaling per pool and the cost meter.
+
+Everything that feeds the engine (the simulator, a worker agent, a user's coordinator) calls the
+same public methods; nothing here knows who is calling. All state sits behind one lock and
+`view()` hands out an immutable copy, so a scrape never reads a half-applied change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import metrics
+from .clock import Clock, SystemClock
+from .fleet import STATE_ACTIVE, STATE_DRAINING, Usage, Worker, WorkerSpec
+from .prices import PriceBook
+from .reservations import (
+    InsufficientCapacity,
+    Reservation,
+    ReservationError,
+    apply,
+    best_fit,
+    fits,
+    undo,
+    validate_request,
+)
+from .scaling import Decision, PoolPolicy, PoolSignal, evaluate
+
+
+class UnknownWorker(KeyError):
+    def __str__(self) -> str:
+        return f"unknown worker {self.args[0]!r}"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    heartbeat_timeout_s: float = 30.0
+    # Uptime gaps longer than this are not billed: a suspended coordinator cannot know.
+    cost_max_gap_s: float = 300.0
+    # A requested worker that never registers stops counting as provisioning after this.
+    provisioning_timeout_s: float = 900.0
+
+
+@dataclass
+class _PoolRuntime:
+    policy: PoolPolicy | None
+    provisioning: list[float] = field(default_factory=list)  # request times (monotonic)
+    next_eval_mono: float | None = None
+    cooldown_until: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
+    target_workers: int | None = None
+    tasks_pending: int = 0
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    workers_changed: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    last_decision_ts: dict[str, float] = field(default_factory=dict)
+    utilization: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.policy is not None:
+            # Pre-created at 0 so rate() and increase() have a series from the first scrape.
+            for action, reasons in metrics.REASONS_BY_ACTION.items():
+                for reason in reasons:
+                    self.decisions[(action, reason)] = 0
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    spec: WorkerSpec
+    state: str
+    up: bool
+    last_report: float
+    usage: Usage
+    cpu_allocated: float
+    memory_allocated: int
+    gpus_allocated: frozenset[int]
+    tasks_running: int
+
+
+@dataclass(frozen=True)
+class PoolView:
+    pool: str
+    policy: PoolPolicy | None
+    workers_by_state: dict[str, int]
+    target_workers: int | None
+    tasks_pending: int
+    utilization: dict[str, float]
+    cooldown_active: dict[str, bool]
+    decisions: dict[tuple[str, str], int]
+    workers_changed: dict[str, int]
+    last_decision_ts: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FleetView:
+    taken_at: float
+    workers: tuple[WorkerView, ...]
+    pools: tuple[PoolView, ...]
+    cost_usd: dict[tuple[str, str, str, str], float]  # provider, region, instance_type, pool
+    prices: dict[tuple[str, str, str, str], float]  # provider, region, instance_type, source
+    unpriced: dict[tuple[str, str], int]  # provider, instance_type
+    budgets_usd: dict[str, float]
+
+
+class Engine:
+    def __init__(self, policies: dict[str, PoolPolicy] | None = None,
+                 settings: EngineSettings | None = None, prices: PriceBook | None = None,
+                 budgets_usd: dict[str, float] | None = None, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._settings = settings or EngineSettings()
+        self._prices = prices or PriceBook()
+        self._budgets = dict(budgets_usd or {})
+        self._lock = threading.RLock()
+        self._workers: dict[str, Worker] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._pools: dict[str, _PoolRuntime] = {
+            name: _PoolRuntime(policy) for name, policy in (policies or {}).items()}
+        self._cost: dict[tuple[str, str, str, str], float] = {}
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def _pool(self, name: str) -> _PoolRuntime:
+        rt = self._pools.get(name)
+        if rt is None:  # a pool without a policy is observed, never scaled
+            rt = self._pools[name] = _PoolRuntime(None)
+        return rt
+
+    # --- registry --------------------------------------------------------------------------
+    def register(self, spec: WorkerSpec, usage: Usage | None = None) -> None:
+        """Add a worker, or update the identity and capacity of a known one."""
+        now, mono = self._clock.time(), self._clock.monotonic()
+        with self._lock:
+            w = self._workers.get(spec.worker)
+            if w is None:
+                rt = self._pool(spec.pool)
+                if rt.provisioning:  # this is (we assume) the worker a scale-up asked for
+                    rt.provisioning.pop(0)
+                self._workers[spec.worker] = Worker(spec, STATE_ACTIVE, now, now, mono, mono,
+                                                    usage or Usage())
+                return
+            if (spec.cpu_cores + 1e-9 < w.cpu_allocated
+                    or spec.memory_total_bytes < w.memory_allocated
+                    or any(i >= spec.gpus for i in w.gpus_allocated)):
+                raise ReservationError(f"worker {spec.worker!r}: new capacity is below what "
+                                       "its reservations hold")
+            if spec.pool != w.spec.pool:
+                self._pool(spec.pool)
+            self._accrue(w, mono)
+            w.spec = spec
+            if usage is not None:
+                w.usage = usage
+            w.last_report, w.last_report_mono = now, mono
+
+    def report(self, worker: str, usage: Usage) -> None:
+        """A worker's measured usage; also its heartbeat."""
+        now, mono = self._clock.time(), self._clock.monotonic()
+        with self._lock:
+            w = self._workers.get(worker)
+            if w is None:
+                raise UnknownWorker(worker)
+            w.usage = usage
+            w.last_report, w.last_report_mono = now, mono
+
+    def deregister(self, worker: str) -> list[Reservation]:
+        """Remove a worker; its reservations are released and returned."""
+        with self._lock:
+            w = self._workers.get(worker)
+            if w is None:
+                raise UnknownWorker(worker)
+            self._accrue(w, self._clock.monotonic())
+            released = [self._reservations.pop(t) for t in sorted(w.tasks)]
+            del self._workers[worker]
+            return released
+
+    def workers(self, pool: str | None = None, state: str | None = None) -> list[str]:
+        with self._lock:
+            return sorted(k for k, w in self._workers.items()
+                          if (pool is None or w.spec.pool == pool)
+                          and (state is None or w.state == state))
+
+    def drained(self, pool: str | None = None) -> list[str]:
+        """Draining workers with no task left: the provisioner may now remove them."""
+        with self._lock:
+            return sorted(k for k, w in self._workers.items()
+                          if w.state == STATE_DRAINING and not w.tasks
+                          and (pool is None or w.spec.pool == pool))
+
+    # --- reservations ----------------------------------------------------------------------
+    def reserve(self, task_id: str, cpu_cores: float, memory_bytes: int, gpus: int = 0,
+                worker: str | None = None, pool: str | None = None) -> Reservation:
+        """Reserve on the named worker, or on the best-fitting active worker (of `pool`)."""
+        validate_request(task_id, cpu_cores, memory_bytes, gpus)
+        with self._lock:
+            if task_id in self._reservations:
+                raise ReservationError(f"task {task_id!r} already holds a reservation")
+            if worker is not None:
+                w = self._workers.get(worker)
+                if w is None:
+                    raise UnknownWorker(worker)
+                if w.state != STATE_ACTIVE:
+                    raise InsufficientCapacity(f"worker {worker!r} is {w.state}")
+                if not fits(w, cpu_cores, memory_bytes, gpus):
+                    raise InsufficientCapacity(f"worker {worker!r} lacks free capacity")
+            else:
+                cands = (x for x in self._workers.values() if pool is None or x.spec.pool == pool)
+                found = best_fit(cands, cpu_cores, memory_bytes, gpus)
+                if found is None:
+                    raise InsufficientCapacity("no active worker"
+                                               + (f" in pool {pool!r}" if pool else "")
+                                               + " has the free capacity")
+                w = found
+            r = Reservation(task_id, w.spec.worker, cpu_cores, memory_bytes,
+                            tuple(w.gpus_free[:gpus]), self._clock.time())
+            apply(w, r)
+            self._reservations[task_id] = r
+            return r
+
+    def release(self, task_id: str) -> Reservation:
+        with self._lock:
+            r = self._reservations.pop(task_id, None)
+            if r is None:
+                raise ReservationError(f"task {task_id!r} holds no reservation")
+            undo(self._workers[r.worker], r)
+            return r
+
+    def reservations(self) -> list[Reservation]:
+        with self._lock:
+            return list(self._reservations.values())
+
+    def set_tasks_pending(self, pool: str, count: int) -> None:
+        if count < 0:
+            raise ValueError("pending task count must be >= 0")
+        with self._lock:
+            self._pool(pool).tasks_pending = count
+
+    # --- the loop --------------------------------------------------------------------------
+    def tick(self) -> list[Decision]:
+        """Accrue cost, then evaluate every pool whose evaluation interval has passed."""
+        mono = self._clock.monotonic()
+        with self._lock:
+            for w in self._workers.values():
+                self._accrue(w, mono)
+            decisions = []
+            for name in sorted(self._pools):
+                rt = self._pools[name]
+                if rt.policy is None:
+                    continue
+                if rt.next_eval_mono is None:  # first interval: let the pool report first
+                    rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
+                if mono + 1e-9 >= rt.next_eval_mono:
+                    rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
+                    decisions.append(self._evaluate_pool(name, rt, mono))
+            return decisions
+
+    def evaluate_now(self, pool: str) -> Decision:
+        """Evaluate one pool immediately (a coordinator's explicit request)."""
+        with self._lock:
+            rt = self._pools.get(pool)
+            if rt is None or rt.policy is None:
+                raise KeyError(f"pool {pool!r} has no scaling policy")
+            return self._evaluate_pool(pool, rt, self._clock.monotonic())
+
+    def _evaluate_pool(self, name: str, rt: _PoolRuntime, mono: float) -> Decision:
+        p = rt.policy
+        assert p is not None
+        timeout = self._settings.provisioning_timeout_s
+        rt.provisioning = [t for t in rt.provisioning if mono - t < timeout]
+        active = [w for w in self._workers.values()
+                  if w.spec.pool == name and w.state == STATE_ACTIVE]
+        rt.utilization = pool_utilization(active)
+        signal = PoolSignal(len(active), len(rt.provisioning), rt.utilization,
+                            mono < rt.cooldown_until["up"], mono < rt.cooldown_until["down"])
+        d = evaluate(name, p, signal)
+        n = signal.active + signal.provisioning
+        if d.action == "scale_up":
+            rt.provisioning.extend([mono] * d.count)
+            rt.cooldown_until["up"] = mono + p.cooldown_up_s
+            rt.workers_changed["up"] += d.count
+            rt.target_workers = n + d.count
+        elif d.action == "scale_down":
+            # Idle first, then the least loaded; busy ones drain rather than being killed.
+            order = sorted(active, key=lambda w: (len(w.tasks), w.cpu_allocated / w.spec.cpu_cores,
+                                                  w.usage.cpu_utilization_ratio or 0.0,
+                                                  w.spec.worker))
+            chosen = order[:d.count]
+            for w in chosen:
+                w.state = STATE_DRAINING
+            d = Decision(d.pool, d.action, d.reason, len(chosen), d.utilization,
+                         tuple(w.spec.worker for w in chosen))
+            rt.cooldown_until["down"] = mono + p.cooldown_down_s
+            rt.workers_changed["down"] += d.count
+            rt.target_workers = n - d.count
+        else:
+            rt.target_workers = n
+        rt.decisions[(d.action, d.reason)] = rt.decisions.get((d.action, d.reason), 0) + 1
+        rt.last_decision_ts[d.action] = self._clock.time()
+        return d
+
+    def _accrue(self, w: Worker, mono: float) -> None:
+        dt = min(max(0.0, mono - w.last_accrual_mono), self._settings.cost_max_gap_s)
+        w.last_accrual_mono = mono
+        s = w.spec
+        price = self._prices.lookup(s.provider, s.region, s.instance_type)
+        if price is None or dt == 0.0:
+            return
+        key = (s.provider, s.region, s.instance_type, s.pool)
+        self._cost[key] = self._cost.get(key, 0.0) + price.usd_per_hour * dt / 3600.0
+
+    # --- reading -----------------------------------------------------------------------------
+    def view(self) -> FleetView:
+        now, mono = self._clock.time(), self._clock.monotonic()
+        hb = self._settings.heartbeat_timeout_s
+        with self._lock:
+            workers = tuple(
+                WorkerView(w.spec, w.state, mono - w.last_report_mono <= hb, w.last_report,
+                           w.usage, w.cpu_allocated, w.memory_allocated,
+                           frozenset(w.gpus_allocated), len(w.tasks))
+                for _, w in sorted(self._workers.items()))
+            prices: dict[tuple[str, str, str, str], float] = {}
+            unpriced: dict[tuple[str, str], int] = {}
+            for w in workers:
+                s = w.spec
+                p = self._prices.lookup(s.provider, s.region, s.instance_type)
+                if p is None:
+                    unpriced[(s.provider, s.instance_type)] = (
+                        unpriced.get((s.provider, s.instance_type), 0) + 1)
+                else:
+                    prices[(s.provider, s.region, s.instance_type, p.source)] = p.usd_per_hour
+            pools = []
+            for name in sorted(self._pools):
+                rt = self._pools[name]
+                by_state = {st: 0 for st in metrics.POOL_STATES}
+                by_state["provisioning"] = len(rt.provisioning)
+                for w in workers:
+                    if w.spec.pool == name:
+                        by_state[w.state] += 1
+                util = rt.utilization if rt.policy else pool_utilization(
+                    [x for x in self._workers.values()
+                     if x.spec.pool == name and x.state == STATE_ACTIVE])
+                pools.append(PoolView(
+                    name, rt.policy, by_state, rt.target_workers, rt.tasks_pending, dict(util),
+                    {"up": mono < rt.cooldown_until["up"],
+                     "down": mono < rt.cooldown_until["down"]},
+                    dict(rt.decisions), dict(rt.workers_changed), dict(rt.last_decision_ts)))
+            return FleetView(now, workers, tuple(pools), dict(self._cost), prices, unpriced,
+                             dict(self._budgets))
+
+
+def pool_utilization(active: Iterable[Worker]) -> dict[str, float]:
+    """Reserved share per resource over the given workers; overall is the bottleneck."""
+    cores = cpu = mem_total = mem = gpus = gpu_alloc = 0.0
+    for w in active:
+        cores += w.spec.cpu_cores
+        cpu += w.cpu_allocated
+        mem_total += w.spec.memory_total_bytes
+        mem += w.memory_allocated
+        gpus += w.spec.gpus
+        gpu_alloc += len(w.gpus_allocated)
+    out = {"cpu": cpu / cores if cores else 0.0, "memory": mem / mem_total if mem_total else 0.0}
+    if gpus:
+        out["gpu"] = gpu_alloc / gpus
+    out["overall"] = max(out.values())
+    return out

@@ -1,0 +1,141 @@
+"""`drm-exporter serve` assembled: engine, simulator, this host as a worker, collectors, the
+loop that ticks the engine and publishes snapshots, and the HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import replace
+
+from .clock import Clock, SystemClock
+from .collectors.gpu import GpuCollector
+from .collectors.host import HostCollector
+from .collectors.runner import CollectorRunner
+from .collectors.status import CollectorStatus
+from .config import Config, parse_listen_address
+from .engine import Engine
+from .exposition import SnapshotStore
+from .fleet import GpuReading, Usage, WorkerSpec
+from .prices import DEFAULT_PRICES, PriceBook
+from .scaling import PoolPolicy
+from .simulator import Simulator
+from .snapshot import build_families
+from .web import ExporterHTTPServer
+
+log = logging.getLogger(__name__)
+
+SIMULATED_POOLS = ("cpu", "gpu")
+
+
+class HostWorker:
+    """This machine as one worker of the fleet, fed by the host and GPU collectors."""
+
+    def __init__(self, engine: Engine, spec: WorkerSpec, host: HostCollector,
+                 gpu: GpuCollector | None) -> None:
+        self._engine, self._spec, self._host, self._gpu = engine, spec, host, gpu
+        self._lock = threading.Lock()
+        self._gpus: tuple[GpuReading, ...] = ()
+        self._registered = False
+
+    def collect_host(self) -> None:
+        r = self._host.read()
+        with self._lock:
+            self._spec = replace(self._spec, cpu_cores=r.cpu_cores,
+                                 memory_total_bytes=r.memory_total_bytes,
+                                 gpus=max(self._spec.gpus, len(self._gpus)))
+            self._engine.register(self._spec, Usage(r.cpu_utilization_ratio, r.memory_used_bytes,
+                                                     self._gpus))
+            self._registered = True
+
+    def collect_gpu(self) -> None:
+        assert self._gpu is not None
+        try:
+            gpus = self._gpu.read()
+        except Exception:
+            with self._lock:
+                self._gpus = ()  # no frozen old values while NVML is broken
+            raise
+        with self._lock:
+            self._gpus = gpus
+
+
+class Service:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        clock = clock or SystemClock()
+        policies = dict(config.pools)
+        if config.simulator.enabled:
+            for pool in SIMULATED_POOLS:
+                policies.setdefault(pool, PoolPolicy())
+        prices = PriceBook(DEFAULT_PRICES + config.cost.prices)
+        self.engine = Engine(policies, config.engine, prices, config.cost.budgets_usd, clock)
+        self.status = CollectorStatus()
+        self.store = SnapshotStore()
+        self.simulator = Simulator(self.engine, config.simulator.settings) \
+            if config.simulator.enabled else None
+        self.runners: list[CollectorRunner] = []
+        self.host_worker: HostWorker | None = None
+        hw = config.host_worker
+        if hw.enabled and config.collectors.host.enabled:
+            gpu = GpuCollector() if config.collectors.gpu.enabled else None
+            host = HostCollector()
+            name = socket.gethostname()
+            spec = WorkerSpec(worker=hw.worker or name, pool=hw.pool, provider=hw.provider,
+                              region=hw.region, instance_type=hw.instance_type, hostname=name,
+                              cpu_cores=1, memory_total_bytes=1)  # real values on first read
+            self.host_worker = HostWorker(self.engine, spec, host, gpu)
+            if gpu is not None:
+                self.runners.append(CollectorRunner("gpu", self.host_worker.collect_gpu,
+                                                    config.collectors.gpu.interval_s, self.status))
+            self.runners.append(CollectorRunner("host", self.host_worker.collect_host,
+                                                config.collectors.host.interval_s, self.status))
+        self._stop = threading.Event()
+        self._loop_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self.http: ExporterHTTPServer | None = None
+
+    def tick(self) -> None:
+        if self.simulator is not None:
+            self.simulator.step()
+        decisions = self.engine.tick()
+        if self.simulator is not None:
+            self.simulator.apply(decisions)
+        for d in decisions:
+            if d.action != "maintain":
+                log.info("pool %s: %s %d (%s, utilization %.2f)%s", d.pool, d.action, d.count,
+                         d.reason, d.utilization,
+                         f" workers {', '.join(d.worker_ids)}" if d.worker_ids else "")
+        self.publish()
+
+    def publish(self) -> None:
+        self.store.publish(build_families(self.engine.view(), self.status.snapshot()))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.tick_interval_s):
+            try:
+                self.tick()
+            except Exception:  # the loop must survive a bad tick; the next one may be fine
+                log.exception("engine tick failed")
+
+    def start(self) -> None:
+        """Collect once in the foreground so the first scrape already has the host, then
+        run everything in the background."""
+        if self.simulator is not None:
+            self.simulator.start()
+        for r in sorted(self.runners, key=lambda r: r.name != "gpu"):
+            r.run_once()
+        self.publish()
+        host, port = parse_listen_address(self.config.listen_address)
+        self.http = ExporterHTTPServer(host, port, self.store)
+        self.http.start_background()
+        for r in self.runners:
+            r.start_after_first()
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for r in self.runners:
+            r.stop()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()

@@ -1,0 +1,322 @@
+"""A seeded simulated fleet that drives the engine through its public interface.
+
+It reproduces the seed example's behaviour without its faults: demand per pool follows a random
+walk with a trend (increasing, decreasing or stable; every trend period a 20 % chance of a new
+trend and 10 % of a new variability), tasks arrive in proportion to demand, reserve cores, memory
+and whole GPUs and finish after a random duration; measured usage is the reserved share times a
+per-worker efficiency that wanders, so used ÷ allocated is meaningful. The simulator acts as
+the provisioner: a scale-up registers new workers after a provisioning delay, and a scale-down
+removes the workers the engine chose once they have drained. Same seed, same run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from .engine import Engine
+from .fleet import GpuReading, Usage, WorkerSpec
+from .reservations import InsufficientCapacity
+from .scaling import Decision
+
+GIB = 1024**3
+TRENDS = {"increasing": 1, "decreasing": -1, "stable": 0}
+
+
+@dataclass(frozen=True)
+class Shape:
+    provider: str
+    region: str
+    instance_type: str
+    cpu_cores: int
+    memory_gib: int
+    gpus: int = 0
+    gpu_name: str = ""
+    gpu_memory_gib: int = 0
+    gpu_idle_w: float = 0.0
+    gpu_max_w: float = 0.0
+
+
+# Instance types the simulated pools launch, cycling through providers.
+POOL_SHAPES: dict[str, tuple[Shape, ...]] = {
+    "cpu": (Shape("aws", "us-east-1", "m5.2xlarge", 8, 32),
+            Shape("gcp", "us-central1", "n2-standard-8", 8, 32),
+            Shape("azure", "eastus", "Standard_D8s_v5", 8, 32)),
+    "gpu": (Shape("aws", "us-east-1", "g4dn.2xlarge", 8, 32, 1, "Tesla T4", 16, 10, 70),
+            Shape("gcp", "us-central1", "g2-standard-24", 24, 96, 2, "NVIDIA L4", 24, 16, 72),
+            Shape("azure", "eastus", "Standard_NC8as_T4_v3", 8, 56, 1, "Tesla T4", 16, 10,
+                  70)),
+}
+
+# What one task of each pool reserves: (cpu cores choices, memory GiB range, gpus).
+TASK_SHAPES: dict[str, tuple[tuple[int, ...], tuple[float, float], int]] = {
+    "cpu": ((1, 2, 2, 4), (1.0, 8.0), 0),
+    "gpu": ((2, 4), (4.0, 12.0), 1),
+}
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    seed: int = 42
+    workers: int = 8
+    gpu_workers: int = 3
+    provisioning_delay_s: float = 60.0
+    task_duration_s: float = 120.0
+    initial_load: float = 0.5
+    initial_trend: str = "increasing"
+    walk_interval_s: float = 10.0  # the seed example's update interval
+    trend_period_s: float = 60.0  # the seed example's scaling interval
+    max_pending: int = 500
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or not 0 <= self.gpu_workers <= self.workers:
+            raise ValueError("need workers >= 1 and 0 <= gpu_workers <= workers")
+        if self.initial_trend not in TRENDS:
+            raise ValueError(f"initial_trend must be one of {sorted(TRENDS)}")
+        if not 0.0 < self.initial_load <= 1.0:
+            raise ValueError("initial_load must be in (0, 1]")
+        for name in ("provisioning_delay_s", "task_duration_s", "walk_interval_s",
+                     "trend_period_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+@dataclass
+class _Demand:
+    load: float
+    trend: str
+    variability: float = 0.1
+    ref_units: float = 0.0  # demand is load × the pool's starting capacity, in its unit
+
+
+@dataclass
+class _SimWorker:
+    shape: Shape
+    eff_cpu: float
+    eff_mem: float
+    eff_gpu: float
+    base_mem_gib: float
+
+
+@dataclass
+class _Task:
+    task_id: str
+    pool: str
+    cpu: int
+    memory: int
+    gpus: int
+    duration_s: float
+    ends_at: float = 0.0
+
+
+@dataclass
+class _PoolSim:
+    demand: _Demand
+    pending: deque[_Task] = field(default_factory=deque)
+    next_shape: int = 0
+    launching: list[float] = field(default_factory=list)  # ready times (monotonic)
+
+
+class Simulator:
+    def __init__(self, engine: Engine, settings: SimulatorSettings | None = None) -> None:
+        self.engine = engine
+        self.s = settings or SimulatorSettings()
+        self._rng = random.Random(self.s.seed)
+        self._workers: dict[str, _SimWorker] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._seq = 0
+        self._task_seq = 0
+        self._next_walk = 0.0
+        self._next_trend = 0.0
+        self._last_step: float | None = None
+        self.pools: dict[str, _PoolSim] = {}
+        self.abandoned_tasks = 0
+        self.decisions: list[Decision] = []
+
+    # --- setup -------------------------------------------------------------------------------
+    def start(self) -> None:
+        counts = {"cpu": self.s.workers - self.s.gpu_workers, "gpu": self.s.gpu_workers}
+        for pool, n in counts.items():
+            if n == 0:
+                continue
+            self.pools[pool] = _PoolSim(_Demand(self.s.initial_load, self.s.initial_trend))
+            for _ in range(n):
+                self._launch(pool)
+            ws = [self._workers[w].shape for w in self.engine.workers(pool=pool)
+                  if w in self._workers]
+            self.pools[pool].demand.ref_units = float(
+                sum(s.gpus for s in ws) if pool == "gpu" else sum(s.cpu_cores for s in ws))
+        mono = self.engine.clock.monotonic()
+        for pool, ps in self.pools.items():
+            self._prewarm(pool, ps, mono)
+        self._next_walk = mono + self.s.walk_interval_s
+        self._next_trend = mono + self.s.trend_period_s
+        self._last_step = mono
+        self._report_all()
+
+    def _prewarm(self, pool: str, ps: _PoolSim, now: float) -> None:
+        """Start in steady state: tasks already hold about `initial_load` of the pool, so the
+        first evaluation does not see an empty fleet and scale it down (the seed's fault)."""
+        cores, _, gpus = TASK_SHAPES[pool]
+        held = 0.0
+        while held < ps.demand.load * ps.demand.ref_units:
+            t = self._new_task(pool)
+            try:
+                self.engine.reserve(t.task_id, t.cpu, t.memory, t.gpus, pool=pool)
+            except InsufficientCapacity:
+                break
+            t.ends_at = now + t.duration_s * self._rng.random()
+            self._tasks[t.task_id] = t
+            held += gpus if gpus else t.cpu
+
+    def _new_task(self, pool: str) -> _Task:
+        cores, (mem_lo, mem_hi), gpus = TASK_SHAPES[pool]
+        self._task_seq += 1
+        return _Task(f"{pool}-task-{self._task_seq:06d}", pool, self._rng.choice(cores),
+                     int(self._rng.uniform(mem_lo, mem_hi) * GIB), gpus,
+                     max(5.0, self._rng.expovariate(1.0 / self.s.task_duration_s)))
+
+    def _launch(self, pool: str) -> str:
+        ps = self.pools[pool]
+        shapes = POOL_SHAPES[pool]
+        shape = shapes[ps.next_shape % len(shapes)]
+        ps.next_shape += 1
+        self._seq += 1
+        wid = f"{pool}-{shape.provider}-{self._seq:03d}"
+        r = self._rng
+        self._workers[wid] = _SimWorker(shape, r.uniform(0.45, 0.95), r.uniform(0.5, 0.95),
+                                        r.uniform(0.6, 0.95), r.uniform(0.6, 1.5))
+        self.engine.register(WorkerSpec(
+            worker=wid, pool=pool, provider=shape.provider, region=shape.region,
+            instance_type=shape.instance_type, hostname=f"{wid}.sim.internal",
+            cpu_cores=shape.cpu_cores, memory_total_bytes=shape.memory_gib * GIB,
+            gpus=shape.gpus))
+        return wid
+
+    # --- one step --------------------------------------------------------------------------
+    def step(self) -> None:
+        """Advance the fleet to the engine clock's now: demand, tasks, launches, reports."""
+        now = self.engine.clock.monotonic()
+        dt = max(0.0, now - (self._last_step if self._last_step is not None else now))
+        self._last_step = now
+        while now >= self._next_walk:
+            self._walk()
+            self._next_walk += self.s.walk_interval_s
+        while now >= self._next_trend:
+            self._maybe_new_trend()
+            self._next_trend += self.s.trend_period_s
+        for tid in [t.task_id for t in self._tasks.values() if t.ends_at <= now]:
+            self.engine.release(tid)
+            del self._tasks[tid]
+        for pool, ps in self.pools.items():
+            ready = [t for t in ps.launching if t <= now]
+            ps.launching = [t for t in ps.launching if t > now]
+            for _ in ready:
+                self._launch(pool)
+        for wid in self.engine.drained():
+            if wid in self._workers:
+                self.engine.deregister(wid)
+                del self._workers[wid]
+        for pool, ps in self.pools.items():
+            self._arrivals(pool, ps, dt)
+            self._place(pool, ps, now)
+            self.engine.set_tasks_pending(pool, len(ps.pending))
+        self._report_all()
+
+    def apply(self, decisions: list[Decision]) -> None:
+        """Act on the engine's decisions as a provisioner would."""
+        now = self.engine.clock.monotonic()
+        for d in decisions:
+            self.decisions.append(d)
+            if d.action == "scale_up" and d.pool in self.pools:
+                self.pools[d.pool].launching.extend(
+                    [now + self.s.provisioning_delay_s] * d.count)
+            # scale_down: the engine marked the workers draining; step() removes them drained.
+
+    def _walk(self) -> None:
+        r = self._rng
+        for ps in self.pools.values():
+            d = ps.demand
+            change = TRENDS[d.trend] * r.uniform(0, 0.05) + r.uniform(-d.variability,
+                                                                      d.variability)
+            d.load = min(0.95, max(0.1, d.load + change))
+        for w in self._workers.values():
+            w.eff_cpu = min(1.0, max(0.3, w.eff_cpu + r.uniform(-0.04, 0.04)))
+            w.eff_mem = min(1.0, max(0.4, w.eff_mem + r.uniform(-0.03, 0.03)))
+            w.eff_gpu = min(1.0, max(0.5, w.eff_gpu + r.uniform(-0.04, 0.04)))
+
+    def _maybe_new_trend(self) -> None:
+        r = self._rng
+        for ps in self.pools.values():
+            if r.random() < 0.2:
+                ps.demand.trend = r.choice(sorted(TRENDS))
+            if r.random() < 0.1:
+                ps.demand.variability = r.uniform(0.05, 0.2)
+
+    def _arrivals(self, pool: str, ps: _PoolSim, dt: float) -> None:
+        cores, _, gpus = TASK_SHAPES[pool]
+        unit = gpus if gpus else sum(cores) / len(cores)
+        # Little's law: arrival rate that keeps `demand` units busy on average.
+        rate = ps.demand.load * ps.demand.ref_units / (unit * self.s.task_duration_s)
+        for _ in range(self._poisson(rate * dt)):
+            ps.pending.append(self._new_task(pool))
+        while len(ps.pending) > self.s.max_pending:
+            ps.pending.popleft()
+            self.abandoned_tasks += 1
+
+    def _place(self, pool: str, ps: _PoolSim, now: float) -> None:
+        while ps.pending:
+            t = ps.pending[0]
+            try:
+                self.engine.reserve(t.task_id, t.cpu, t.memory, t.gpus, pool=pool)
+            except InsufficientCapacity:
+                return  # FIFO: the head waits for capacity, like a coordinator's queue
+            ps.pending.popleft()
+            t.ends_at = now + t.duration_s
+            self._tasks[t.task_id] = t
+
+    def _poisson(self, lam: float) -> int:
+        if lam <= 0:
+            return 0
+        limit, k, p = math.exp(-lam), 0, 1.0
+        while True:
+            p *= self._rng.random()
+            if p <= limit:
+                return k
+            k += 1
+
+    def _report_all(self) -> None:
+        alloc = {w.spec.worker: w for w in self.engine.view().workers if w.spec.worker in
+                 self._workers}
+        r = self._rng
+        for wid in sorted(alloc):
+            v, sw = alloc[wid], self._workers[wid]
+            sh = sw.shape
+            cpu = min(1.0, max(0.0, v.cpu_allocated / sh.cpu_cores * sw.eff_cpu + 0.03
+                               + r.gauss(0, 0.01)))
+            mem = int(min(sh.memory_gib * GIB,
+                          sw.base_mem_gib * GIB + v.memory_allocated * sw.eff_mem))
+            gpus = []
+            for i in range(sh.gpus):
+                busy = i in v.gpus_allocated
+                util = min(1.0, sw.eff_gpu * r.uniform(0.85, 1.0)) if busy else 0.0
+                total = sh.gpu_memory_gib * GIB
+                used = int(total * (r.uniform(0.4, 0.9) if busy else 0.02))
+                gpus.append(GpuReading(
+                    index=i, uuid=f"GPU-{wid}-{i}", name=sh.gpu_name, driver_version="550.54.15",
+                    utilization_ratio=round(util, 4), memory_total_bytes=total,
+                    memory_used_bytes=used,
+                    temperature_celsius=round(32 + 50 * util + r.uniform(-1.5, 1.5), 1),
+                    power_watts=round(sh.gpu_idle_w + util * (sh.gpu_max_w - sh.gpu_idle_w), 1)))
+            self.engine.report(wid, Usage(round(cpu, 4), mem, tuple(gpus)))
+
+
+def run_for(sim: Simulator, clock_advance, seconds: float, step_s: float = 1.0) -> None:
+    """Drive simulator and engine for `seconds` of simulated time on a manual clock."""
+    steps = int(seconds / step_s)
+    for _ in range(steps):
+        clock_advance(step_s)
+        sim.step()
+        sim.apply(sim.engine.tick())

@@ -1,0 +1,114 @@
+"""From an immutable FleetView to the metric families of the contract (metrics.py)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+from . import __version__
+from . import metrics as m
+from .collectors.status import CollectorState
+from .engine import FleetView
+from .exposition import Family, Sample, family
+
+
+def build_families(view: FleetView, collectors: dict[str, CollectorState]) -> list[Family]:
+    fams: list[Family] = [
+        family(m.BUILD_INFO, [((__version__, platform.python_version()), 1.0)]),
+    ]
+    names = sorted(collectors)
+    fams.append(family(m.COLLECTOR_SUCCESS,
+                       (((n,), float(collectors[n].success)) for n in names)))
+    fams.append(family(m.COLLECTOR_DURATION, (((n,), collectors[n].duration_s) for n in names)))
+    fams.append(family(m.COLLECTOR_LAST_SUCCESS,
+                       (((n,), collectors[n].last_success_ts) for n in names
+                        if collectors[n].last_success_ts is not None)))
+    fams.extend(_worker_families(view))
+    fams.extend(_gpu_families(view))
+    fams.extend(_pool_families(view))
+    fams.extend(_cost_families(view))
+    return [f for f in fams if f.samples]
+
+
+def _worker_families(view: FleetView) -> Iterator[Family]:
+    ws = view.workers
+    yield family(m.WORKER_INFO, (((w.spec.worker, w.spec.pool, w.spec.provider, w.spec.region,
+                                   w.spec.instance_type, w.spec.hostname), 1.0) for w in ws))
+    yield family(m.WORKER_UP, (((w.spec.worker,), float(w.up)) for w in ws))
+    yield family(m.WORKER_LAST_REPORT, (((w.spec.worker,), w.last_report) for w in ws))
+    yield family(m.WORKER_CPU_CORES, (((w.spec.worker,), w.spec.cpu_cores) for w in ws))
+    yield family(m.WORKER_CPU_ALLOCATED, (((w.spec.worker,), w.cpu_allocated) for w in ws))
+    yield family(m.WORKER_CPU_UTILIZATION, (((w.spec.worker,), w.usage.cpu_utilization_ratio)
+                                            for w in ws
+                                            if w.usage.cpu_utilization_ratio is not None))
+    yield family(m.WORKER_MEMORY_TOTAL, (((w.spec.worker,), w.spec.memory_total_bytes)
+                                         for w in ws))
+    yield family(m.WORKER_MEMORY_USED, (((w.spec.worker,), w.usage.memory_used_bytes)
+                                        for w in ws if w.usage.memory_used_bytes is not None))
+    yield family(m.WORKER_MEMORY_ALLOCATED, (((w.spec.worker,), w.memory_allocated)
+                                             for w in ws))
+    yield family(m.WORKER_TASKS_RUNNING, (((w.spec.worker,), w.tasks_running) for w in ws))
+
+
+def _gpu_families(view: FleetView) -> Iterator[Family]:
+    info: list[Sample] = []
+    up: list[Sample] = []
+    fields: dict[str, list[Sample]] = {k: [] for k in (
+        "utilization_ratio", "memory_total_bytes", "memory_used_bytes", "temperature_celsius",
+        "power_watts")}
+    allocated: list[Sample] = []
+    for w in view.workers:
+        wid = w.spec.worker
+        for g in w.usage.gpus:
+            key = (wid, str(g.index))
+            up.append((key, float(g.up)))
+            if not g.up:  # a lost GPU's old values would be lies: only up=0 remains
+                continue
+            info.append(((wid, str(g.index), g.uuid, g.name, g.driver_version, g.mig_mode), 1.0))
+            for name, samples in fields.items():
+                v = getattr(g, name)
+                if v is not None:
+                    samples.append((key, float(v)))
+        for i in range(w.spec.gpus):
+            allocated.append(((wid, str(i)), float(i in w.gpus_allocated)))
+    yield family(m.GPU_INFO, info)
+    yield family(m.GPU_UP, up)
+    yield family(m.GPU_UTILIZATION, fields["utilization_ratio"])
+    yield family(m.GPU_MEMORY_TOTAL, fields["memory_total_bytes"])
+    yield family(m.GPU_MEMORY_USED, fields["memory_used_bytes"])
+    yield family(m.GPU_TEMPERATURE, fields["temperature_celsius"])
+    yield family(m.GPU_POWER, fields["power_watts"])
+    yield family(m.GPU_ALLOCATED, allocated)
+
+
+def _pool_families(view: FleetView) -> Iterator[Family]:
+    ps = view.pools
+    yield family(m.POOL_WORKERS, (((p.pool, st), float(p.workers_by_state[st]))
+                                  for p in ps for st in m.POOL_STATES))
+    yield family(m.POOL_TARGET_WORKERS, (((p.pool,), float(p.target_workers)) for p in ps
+                                         if p.target_workers is not None))
+    managed = [p for p in ps if p.policy is not None]
+    yield family(m.POOL_MIN_WORKERS, (((p.pool,), p.policy.min_workers) for p in managed))
+    yield family(m.POOL_MAX_WORKERS, (((p.pool,), p.policy.max_workers) for p in managed))
+    yield family(m.POOL_TASKS_PENDING, (((p.pool,), p.tasks_pending) for p in ps))
+    yield family(m.SCALING_UTILIZATION, (((p.pool, r), p.utilization[r]) for p in managed
+                                         for r in m.SCALING_RESOURCES if r in p.utilization))
+    yield family(m.SCALING_THRESHOLD, (((p.pool, t), getattr(p.policy, t)) for p in managed
+                                       for t in m.THRESHOLDS))
+    yield family(m.SCALING_DECISIONS, (((p.pool, a, r), float(n))
+                                       for p in managed
+                                       for (a, r), n in sorted(p.decisions.items())))
+    yield family(m.SCALING_WORKERS, (((p.pool, d), float(p.workers_changed[d]))
+                                     for p in managed for d in m.DIRECTIONS))
+    yield family(m.SCALING_COOLDOWN_ACTIVE, (((p.pool, d), float(p.cooldown_active[d]))
+                                             for p in managed for d in m.DIRECTIONS))
+    yield family(m.SCALING_LAST_DECISION, (((p.pool, a), ts) for p in managed
+                                           for a, ts in sorted(p.last_decision_ts.items())))
+
+
+def _cost_families(view: FleetView) -> Iterator[Family]:
+    yield family(m.CLOUD_PRICE, sorted(view.prices.items()))
+    yield family(m.CLOUD_COST, sorted(view.cost_usd.items()))
+    yield family(m.CLOUD_UNPRICED_WORKERS, sorted(((k, float(v)) for k, v in
+                                                   view.unpriced.items())))
+    yield family(m.CLOUD_BUDGET, sorted(((p,), v) for p, v in view.budgets_usd.items()))

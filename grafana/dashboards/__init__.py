@@ -1,0 +1,1 @@
+"""grafanalib sources of the five DRM dashboards (installed as the `drm_dashboards` package)."""
