@@ -74,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     import json
 
+    from .localstack import print_render_report
     from .renderer import render_dashboards
 
     files = sorted(args.dashboards.glob("*.json")) if args.dashboards.is_dir() else \
@@ -85,23 +86,7 @@ def _render(args: argparse.Namespace) -> int:
     end = time.time()
     report = render_dashboards(args.prometheus, dashboards, args.out, end - args.range, end,
                                scrape_interval_s=args.scrape_interval)
-    return _print_render_report(report)
-
-
-def _print_render_report(report: object) -> int:
-    from .renderer import dashboard_has_data
-
-    failed = 0
-    for entry in report.dashboards:  # type: ignore[attr-defined]
-        print(f"{entry.path}: {entry.panels_with_data}/{entry.panels_total} panels with data")
-        for title, reason in entry.no_data:
-            print(f"    no data: {title} ({reason})")
-        for err in entry.errors:
-            print(f"    query error: {err}")
-        if not dashboard_has_data(entry):
-            failed += 1
-            print(f"    dashboard {entry.title!r} has no data at all", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if print_render_report(report) else 0
 
 
 def _dashboards(args: argparse.Namespace) -> int:

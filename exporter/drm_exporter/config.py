@@ -97,7 +97,7 @@ class Config:
 
 def parse_listen_address(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen address must be HOST:PORT, got {addr!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

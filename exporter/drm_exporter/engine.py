@@ -46,14 +46,13 @@ class EngineSettings:
 class _PoolRuntime:
     policy: PoolPolicy | None
     provisioning: list[float] = field(default_factory=list)  # request times (monotonic)
-    next_eval_mono: float | None = None
+    next_eval_mono: float = 0.0
     cooldown_until: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
     target_workers: int | None = None
     tasks_pending: int = 0
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
     workers_changed: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     last_decision_ts: dict[str, float] = field(default_factory=dict)
-    utilization: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.policy is not None:
@@ -81,7 +80,7 @@ class PoolView:
     pool: str
     policy: PoolPolicy | None
     workers_by_state: dict[str, int]
-    target_workers: int | None
+    target_workers: int
     tasks_pending: int
     utilization: dict[str, float]
     cooldown_active: dict[str, bool]
@@ -112,8 +111,11 @@ class Engine:
         self._lock = threading.RLock()
         self._workers: dict[str, Worker] = {}
         self._reservations: dict[str, Reservation] = {}
+        # The first evaluation comes one interval after start, once workers have reported.
         self._pools: dict[str, _PoolRuntime] = {
-            name: _PoolRuntime(policy) for name, policy in (policies or {}).items()}
+            name: _PoolRuntime(policy, next_eval_mono=self._clock.monotonic()
+                               + policy.evaluation_interval_s)
+            for name, policy in (policies or {}).items()}
         self._cost: dict[tuple[str, str, str, str], float] = {}
 
     @property
@@ -246,8 +248,6 @@ class Engine:
                 rt = self._pools[name]
                 if rt.policy is None:
                     continue
-                if rt.next_eval_mono is None:  # first interval: let the pool report first
-                    rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
                 if mono + 1e-9 >= rt.next_eval_mono:
                     rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
                     decisions.append(self._evaluate_pool(name, rt, mono))
@@ -268,8 +268,7 @@ class Engine:
         rt.provisioning = [t for t in rt.provisioning if mono - t < timeout]
         active = [w for w in self._workers.values()
                   if w.spec.pool == name and w.state == STATE_ACTIVE]
-        rt.utilization = pool_utilization(active)
-        signal = PoolSignal(len(active), len(rt.provisioning), rt.utilization,
+        signal = PoolSignal(len(active), len(rt.provisioning), pool_utilization(active),
                             mono < rt.cooldown_until["up"], mono < rt.cooldown_until["down"])
         d = evaluate(name, p, signal)
         n = signal.active + signal.provisioning
@@ -335,11 +334,13 @@ class Engine:
                 for w in workers:
                     if w.spec.pool == name:
                         by_state[w.state] += 1
-                util = rt.utilization if rt.policy else pool_utilization(
-                    [x for x in self._workers.values()
-                     if x.spec.pool == name and x.state == STATE_ACTIVE])
+                util = pool_utilization([x for x in self._workers.values()
+                                         if x.spec.pool == name and x.state == STATE_ACTIVE])
+                # Before its first decision a pool is heading where it already is.
+                target = rt.target_workers if rt.target_workers is not None else (
+                    by_state["active"] + by_state["provisioning"])
                 pools.append(PoolView(
-                    name, rt.policy, by_state, rt.target_workers, rt.tasks_pending, dict(util),
+                    name, rt.policy, by_state, target, rt.tasks_pending, util,
                     {"up": mono < rt.cooldown_until["up"],
                      "down": mono < rt.cooldown_until["down"]},
                     dict(rt.decisions), dict(rt.workers_changed), dict(rt.last_decision_ts)))

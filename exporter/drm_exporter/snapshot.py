@@ -85,9 +85,8 @@ def _pool_families(view: FleetView) -> Iterator[Family]:
     ps = view.pools
     yield family(m.POOL_WORKERS, (((p.pool, st), float(p.workers_by_state[st]))
                                   for p in ps for st in m.POOL_STATES))
-    yield family(m.POOL_TARGET_WORKERS, (((p.pool,), float(p.target_workers)) for p in ps
-                                         if p.target_workers is not None))
     managed = [p for p in ps if p.policy is not None]
+    yield family(m.POOL_TARGET_WORKERS, (((p.pool,), float(p.target_workers)) for p in managed))
     yield family(m.POOL_MIN_WORKERS, (((p.pool,), p.policy.min_workers) for p in managed))
     yield family(m.POOL_MAX_WORKERS, (((p.pool,), p.policy.max_workers) for p in managed))
     yield family(m.POOL_TASKS_PENDING, (((p.pool,), p.tasks_pending) for p in ps))

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from drm_exporter.clock import ManualClock
+from drm_exporter.engine import Engine, EngineSettings
+from drm_exporter.fleet import WorkerSpec
+from drm_exporter.scaling import PoolPolicy
+
+GIB = 1024**3
+
+
+def spec(worker: str, pool: str = "cpu", cores: float = 8, mem_gib: int = 32, gpus: int = 0,
+         provider: str = "aws", instance_type: str = "m5.2xlarge",
+         region: str = "us-east-1") -> WorkerSpec:
+    return WorkerSpec(worker, pool, provider, region, instance_type, f"{worker}.test", cores,
+                      mem_gib * GIB, gpus)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def engine(clock: ManualClock) -> Engine:
+    policy = PoolPolicy(cooldown_up_s=30, cooldown_down_s=60, evaluation_interval_s=10,
+                        min_workers=1, max_workers=6, max_step=2)
+    return Engine({"cpu": policy}, EngineSettings(heartbeat_timeout_s=30), clock=clock)
