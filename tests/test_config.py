@@ -54,8 +54,15 @@ def test_serve_exits_2_on_bad_config(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
-@pytest.mark.parametrize("cmd", ["serve", "render", "dashboards", "demo"])
+@pytest.mark.parametrize("cmd", ["serve", "render", "dashboards", "demo", "docs"])
 def test_every_subcommand_has_help(cmd: str) -> None:
     p = subprocess.run([sys.executable, "-m", "drm_exporter.cli", cmd, "--help"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and f"usage: drm-exporter {cmd}" in p.stdout
+
+
+def test_metrics_doc_is_fresh() -> None:
+    from drm_exporter.docs import metrics_markdown
+
+    committed = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    assert committed == metrics_markdown(), "docs/metrics.md is stale: run drm-exporter docs"

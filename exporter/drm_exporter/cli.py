@@ -98,6 +98,15 @@ def _dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from .docs import metrics_markdown
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(metrics_markdown(), encoding="utf-8")
+    print(args.out)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .localstack import run_demo
 
@@ -143,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rules", type=Path, default=RULES_DIR / "recording.yml",
                    help="recording rules output file")
     d.set_defaults(fn=_dashboards)
+
+    g = sub.add_parser("docs", help="generate docs/metrics.md from the metric contract")
+    g.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "metrics.md")
+    g.set_defaults(fn=_docs)
 
     m = sub.add_parser("demo", help="exporter + Prometheus + five PNGs on this machine",
                        description="Start the exporter with a simulated fleet plus this host, "
