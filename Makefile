@@ -20,6 +20,7 @@ demo: system-deps $(STAMP)
 	$(VENV)/bin/drm-exporter demo --duration $(DURATION) --out out
 
 test: system-deps $(STAMP)
+	@deploy/local/bootstrap.sh --test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

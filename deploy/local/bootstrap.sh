@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the two README commands need from Debian's packages, only when missing:
-# python3-venv (for the virtualenv) and prometheus (which ships promtool).
+# python3-venv (for the virtualenv) and prometheus (which ships promtool); with --test also
+# docker-compose, whose `config` validates the compose file without a Docker engine.
 set -euo pipefail
 
 need=()
+if [ "${1:-}" = "--test" ]; then
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
