@@ -208,8 +208,8 @@ def print_render_report(report: Any) -> int:
         print(f"{d.path}: {d.panels_with_data}/{d.panels_total} panels with data")
         for title, reason in d.no_data:
             print(f"    no data: {title} ({reason})")
-        for err in d.errors:
-            print(f"    query error: {err}")
+        for title, err in d.query_errors + d.draw_errors:
+            print(f"    error in {title}: {err}")
         if not dashboard_has_data(d):
             print(f"    dashboard {d.title!r} has no data at all", file=sys.stderr)
             empty += 1

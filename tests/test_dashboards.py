@@ -1,0 +1,369 @@
+"""The generated dashboards and recording rules: fresh, well-formed, and querying real metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from drm_dashboards import build, uids
+from drm_dashboards.variables import substitute
+from drm_exporter import metrics, recording
+
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARD_DIR = REPO / "grafana" / "provisioning" / "dashboards"
+RULES_FILE = REPO / "prometheus" / "rules" / "recording.yml"
+REGENERATE = "run `drm-exporter dashboards` and commit the result"
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+MODERN_TYPES = {"timeseries", "heatmap", "status-history", "state-timeline", "bargauge", "stat",
+                "table", "piechart", "row"}
+LEGACY_TYPES = {"graph", "singlestat", "grafana-piechart-panel", "table-old"}
+KNOWN_UNITS = {"percentunit", "bytes", "currencyUSD", "short", "s", "celsius", "watt", "reqps",
+               "bool"}
+# Range windows a dashboard may use besides $__rate_interval / $__range, each with its reason.
+FIXED_WINDOWS = {"24h": "the 'Scale events (24h)' card counts a fixed day, as in the seed"}
+RULE_WINDOW = "5m"  # recording rules cannot use Grafana's $__rate_interval
+
+GENERATED: dict[str, dict[str, Any]] = build.generate()
+KNOWN_NAMES: dict[str, tuple[str, ...]] = {
+    **{m.name: m.labels for m in metrics.ALL},
+    **{r.record: r.labels for r in recording.RULES},
+}
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NAME = re.compile(r'(?<![\w:"$.])(drm[_:][A-Za-z0-9_:]*)')
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+_CALL = re.compile(r"\b(rate|irate|increase)\s*\(")
+_CALL_ON_SELECTOR = re.compile(
+    r"\b(?:rate|irate|increase)\s*\(\s*([A-Za-z_:][\w:]*)\s*(\{[^}]*\})?\s*\[([^\]]+)\]\s*\)")
+_WINDOW = re.compile(r"\[([^\]]*)\]")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def data_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    return (p for p in all_panels(dashboard) if p.get("type") != "row")
+
+
+def exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, expr) for every PromQL expression: panel targets and annotations."""
+    for panel in data_panels(dashboard):
+        for t in panel.get("targets", []):
+            yield f"{dashboard['uid']} / {panel.get('title')} / {t.get('refId')}", t["expr"]
+    for a in dashboard.get("annotations", {}).get("list", []):
+        if "expr" in a:
+            yield f"{dashboard['uid']} / annotation {a.get('name')}", a["expr"]
+
+
+def all_exprs() -> list[tuple[str, str]]:
+    return [e for d in GENERATED.values() for e in exprs(d)]
+
+
+def names_in(expr: str) -> list[tuple[int, str]]:
+    """(position, name) of every drm metric or recording rule referenced by expr."""
+    blanked = _STRING.sub(lambda mt: '"' + " " * (len(mt.group()) - 2) + '"', expr)
+    return [(mt.start(1), mt.group(1)) for mt in _NAME.finditer(blanked)]
+
+
+def selector_matchers(expr: str, pos: int, name: str) -> dict[str, tuple[str, str]] | None:
+    rest = expr[pos + len(name):].lstrip()
+    if not rest.startswith("{"):
+        return None
+    body = rest[1:rest.index("}")]
+    return {label: (op, value) for label, op, value in _MATCHER.findall(body)}
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    doc = yaml.safe_load(RULES_FILE.read_text())
+    return [(r["record"], r["expr"]) for g in doc["groups"] for r in g["rules"]]
+
+
+# --- freshness -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_committed_dashboard_is_fresh(uid: str) -> None:
+    path = DASHBOARD_DIR / f"{uid}.json"
+    assert path.exists(), f"{path} is missing: {REGENERATE}"
+    assert json.loads(path.read_text()) == GENERATED[uid], f"{path} is stale: {REGENERATE}"
+    assert path.read_text() == build.dumps(GENERATED[uid]), f"{path} is not formatted as " \
+        f"generated: {REGENERATE}"
+
+
+def test_no_stray_dashboard_files() -> None:
+    committed = {p.name for p in DASHBOARD_DIR.glob("*.json")}
+    assert committed == {f"{uid}.json" for uid in uids.ALL}, REGENERATE
+
+
+def test_recording_rules_file_is_fresh() -> None:
+    assert RULES_FILE.read_text() == recording.render_yaml(), f"{RULES_FILE} is stale: " \
+        f"{REGENERATE}"
+
+
+def test_write_all_writes_what_generate_returns(tmp_path: Path) -> None:
+    rules = tmp_path / "rules" / "recording.yml"
+    written = build.write_all(tmp_path / "dash", rules)
+    assert sorted(p.name for p in written) == sorted([f"{u}.json" for u in uids.ALL]
+                                                     + ["recording.yml"])
+    for uid in uids.ALL:
+        text = (tmp_path / "dash" / f"{uid}.json").read_text()
+        assert text.endswith("}\n")
+        assert json.loads(text) == GENERATED[uid]
+    assert rules.read_text() == recording.render_yaml()
+
+
+# --- dashboard structure -------------------------------------------------------------------------
+
+def test_uids_are_stable_short_and_unique() -> None:
+    assert list(GENERATED) == list(uids.ALL)
+    assert len(set(uids.ALL)) == len(uids.ALL) == 5
+    for uid, d in GENERATED.items():
+        assert d["uid"] == uid
+        assert len(uid) <= 40
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_dashboard_top_level(uid: str) -> None:
+    d = GENERATED[uid]
+    assert uids.TAG in d["tags"]
+    assert "id" not in d, "Grafana assigns the id; a committed one clashes on import"
+    assert "__inputs" not in d
+    assert "${DS_" not in json.dumps(d)
+    assert d["title"] and d["description"]
+    assert d["timepicker"]["refresh_intervals"] == ["30s", "1m", "5m"]
+    assert d["refresh"] in d["timepicker"]["refresh_intervals"]
+    links = [lk for lk in d["links"] if lk["type"] == "dashboards"]
+    assert links and links[0]["asDropdown"] and links[0]["tags"] == [uids.TAG]
+    assert 8 <= len(list(data_panels(d))) <= 15, "keep a dashboard readable as one PNG"
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_template_variables(uid: str) -> None:
+    variables = {v["name"]: v for v in GENERATED[uid]["templating"]["list"]}
+    assert list(variables) == ["datasource", "job", "pool", "worker"]
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    assert "drm_exporter_build_info" in variables["job"]["query"]
+    for name in ("pool", "worker"):
+        assert metrics.WORKER_INFO.name in variables[name]["query"]
+    assert '$pool' in variables["worker"]["query"], "worker must be filtered by pool"
+    for name in ("job", "pool", "worker"):
+        var = variables[name]
+        assert var["type"] == "query"
+        assert var["datasource"] == DATASOURCE
+        assert var["refresh"] == 2, f"{name}: refresh on time-range change"
+        assert var["multi"] and var["includeAll"] and var["allValue"] == ".*"
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_panels_and_targets_use_the_datasource_variable(uid: str) -> None:
+    d = GENERATED[uid]
+    for panel in data_panels(d):
+        assert panel.get("datasource") == DATASOURCE, panel.get("title")
+        assert panel["targets"], f"{panel.get('title')}: no query"
+        for t in panel["targets"]:
+            assert t.get("datasource") == DATASOURCE, panel.get("title")
+            assert t.get("intervalFactor") == 1, panel.get("title")
+        assert 0 < panel.get("maxDataPoints", 0) <= 1000, panel.get("title")
+    for a in d["annotations"]["list"]:
+        assert a["datasource"] == DATASOURCE, a["name"]
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_modern_panel_types_only(uid: str) -> None:
+    for panel in all_panels(GENERATED[uid]):
+        assert panel["type"] in MODERN_TYPES, f"{panel.get('title')}: {panel['type']}"
+        assert panel["type"] not in LEGACY_TYPES
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_panel_ids_unique(uid: str) -> None:
+    ids = [p["id"] for p in all_panels(GENERATED[uid])]
+    assert all(isinstance(i, int) for i in ids)
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_grid_within_24_columns_without_overlap(uid: str) -> None:
+    boxes = []
+    for p in all_panels(GENERATED[uid]):
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["y"] >= 0 and g["w"] >= 1 and g["h"] >= 1, p.get("title")
+        assert g["x"] + g["w"] <= 24, p.get("title")
+        boxes.append((p.get("title"), g))
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1:]:
+            apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                     or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+            assert apart, f"{ta!r} overlaps {tb!r}"
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_every_panel_has_title_description_and_unit(uid: str) -> None:
+    for p in data_panels(GENERATED[uid]):
+        assert p.get("title"), p
+        assert p.get("description"), p["title"]
+        unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        assert unit in KNOWN_UNITS, f"{p['title']}: unit {unit!r}"
+
+
+def _expected_unit(names: set[str]) -> str | None:
+    """The unit a panel must have when every series it reads shares one base unit."""
+    kinds = set()
+    for name in names:
+        base = name.split(":")[1] if ":" in name else name
+        if name.endswith("_info"):
+            continue  # joined for labels only
+        if name.endswith(("_ratio", ":ratio")):
+            kinds.add("percentunit")
+        elif base.endswith("_bytes"):
+            kinds.add("bytes")
+        elif "_usd" in base:
+            kinds.add("currencyUSD")
+        elif base.endswith("_celsius"):
+            kinds.add("celsius")
+        elif base.endswith("_watts"):
+            kinds.add("watt")
+        elif base.endswith("_seconds"):
+            kinds.add("s")
+        else:
+            return None
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_units_fit_the_metrics(uid: str) -> None:
+    for p in data_panels(GENERATED[uid]):
+        if any("/" in _STRING.sub('""', t["expr"]) for t in p["targets"]):
+            continue  # a quotient (bytes / bytes) has a unit of its own
+        names = {n for t in p["targets"] for _, n in names_in(t["expr"])}
+        expected = _expected_unit(names)
+        if expected:
+            assert p["fieldConfig"]["defaults"]["unit"] == expected, p["title"]
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+def test_every_referenced_name_is_a_metric_or_recording_rule() -> None:
+    sources = list(all_exprs()) + [
+        (f"{d['uid']} / variable {v['name']}", v["query"])
+        for d in GENERATED.values() for v in d["templating"]["list"] if v["type"] == "query"
+    ] + [(f"rule {rec}", expr) for rec, expr in rule_exprs()]
+    for where, expr in sources:
+        for _, name in names_in(expr):
+            assert name in KNOWN_NAMES, f"{where}: unknown metric {name!r} in {expr}"
+
+
+def test_selectors_filter_on_dashboard_variables() -> None:
+    for where, expr in all_exprs():
+        for pos, name in names_in(expr):
+            matchers = selector_matchers(expr, pos, name)
+            assert matchers is not None, f"{where}: bare {name} in {expr}"
+            assert matchers.get("job") == ("=~", "$job"), f"{where}: {name} without job filter"
+            for label in ("pool", "worker"):
+                if label in KNOWN_NAMES[name]:
+                    assert matchers.get(label) == ("=~", f"${label}"), \
+                        f"{where}: {name} not filtered by ${label}"
+
+
+def _check_windows(where: str, expr: str, allowed: set[str]) -> None:
+    calls = _CALL.findall(expr)
+    on_selectors = _CALL_ON_SELECTOR.findall(expr)
+    assert len(calls) == len(on_selectors), \
+        f"{where}: rate/irate/increase must take a plain selector and range: {expr}"
+    for window in _WINDOW.findall(_STRING.sub('""', expr)):
+        assert window in allowed, f"{where}: window [{window}] in {expr}"
+
+
+def test_rates_use_rate_interval_or_a_documented_window() -> None:
+    allowed = {"$__rate_interval", "$__range", *FIXED_WINDOWS}
+    for where, expr in all_exprs():
+        _check_windows(where, expr, allowed)
+
+
+def test_recording_rules_use_a_fixed_window_and_no_grafana_variables() -> None:
+    for record, expr in rule_exprs():
+        assert "$" not in expr, record
+        _check_windows(record, expr, {RULE_WINDOW})
+
+
+def test_counters_sit_directly_inside_rate_or_increase() -> None:
+    sources = all_exprs() + [(f"rule {rec}", e) for rec, e in rule_exprs()]
+    for where, expr in sources:
+        inside = {mt.start(1) for mt in _CALL_ON_SELECTOR.finditer(expr)}
+        for pos, name in names_in(expr):
+            if name.endswith("_total"):
+                assert pos in inside, f"{where}: {name} outside rate/increase in {expr}"
+
+
+def test_recording_rule_names_follow_level_metric_operations() -> None:
+    for r in recording.RULES:
+        level, metric, ops = r.record.split(":")
+        assert level == "drm" and metric and ops, r.record
+        assert r.record not in metrics.BY_NAME
+    assert len(recording.BY_RECORD) == len(recording.RULES)
+
+
+# --- promtool ------------------------------------------------------------------------------------
+
+promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+
+
+def _promtool_check_rules(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,
+                          text=True, timeout=120)
+
+
+@promtool
+def test_promtool_accepts_the_recording_rules() -> None:
+    result = _promtool_check_rules(RULES_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@promtool
+def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
+    # One rule file holding every expression (variables substituted), one promtool run.
+    sources = all_exprs()
+    rules = [{"record": f"dashboard_check:expr_{i}", "expr": substitute(expr)}
+             for i, (_, expr) in enumerate(sources)]
+    path = tmp_path / "dashboard-exprs.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-exprs", "rules": rules}]}))
+    result = _promtool_check_rules(path)
+    index = "\n".join(f"expr_{i}: {where}" for i, (where, _) in enumerate(sources))
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{index}"
+
+
+# --- variables.substitute ------------------------------------------------------------------------
+
+def test_substitute_defaults_to_all_and_fills_builtins() -> None:
+    expr = ('sum(increase(x_total{job=~"$job", pool=~"${pool}", worker=~"$worker"}'
+            '[$__rate_interval])) / $__range_s + y[$__range] + z[$__interval]')
+    assert substitute(expr) == ('sum(increase(x_total{job=~".*", pool=~".*", worker=~".*"}'
+                                '[1m])) / 3600 + y[3600s] + z[1m]')
+
+
+def test_substitute_uses_given_values() -> None:
+    out = substitute('a{pool=~"$pool", job=~"$job"}[$__rate_interval]',
+                     {"pool": "gpu|cpu"}, rate_interval="30s", range_s=600)
+    assert out == 'a{pool=~"gpu|cpu", job=~".*"}[30s]'
+    assert substitute("b[$__range]", range_s=600) == "b[600s]"
+
+
+def test_substitute_rejects_unknown_variables_but_keeps_regex_backrefs() -> None:
+    with pytest.raises(ValueError, match=r"\$nope"):
+        substitute('a{x="$nope"}')
+    assert substitute('label_replace(a, "b", "$1", "c", "(.*)")') == \
+        'label_replace(a, "b", "$1", "c", "(.*)")'
