@@ -255,6 +255,152 @@ def test_units_fit_the_metrics(uid: str) -> None:
             assert p["fieldConfig"]["defaults"]["unit"] == expected, p["title"]
 
 
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_rows_are_filled_without_gaps(uid: str) -> None:
+    # Panels sharing a row span all 24 columns with one height: no empty area beside them.
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for p in all_panels(GENERATED[uid]):
+        rows.setdefault(p["gridPos"]["y"], []).append(p)
+    for y, row in sorted(rows.items()):
+        titles = [p.get("title") for p in row]
+        assert sum(p["gridPos"]["w"] for p in row) == 24, f"row y={y} leaves a gap: {titles}"
+        assert len({p["gridPos"]["h"] for p in row}) == 1, f"row y={y} is ragged: {titles}"
+
+
+# --- series styling ------------------------------------------------------------------------------
+
+# Series that are a reference to compare against (a target, a bound, a threshold, a budget, a
+# capacity), not a part of a whole: never stacked onto other series, never filled, dashed.
+REFERENCE_METRICS = {metrics.POOL_TARGET_WORKERS.name, metrics.POOL_MIN_WORKERS.name,
+                     metrics.POOL_MAX_WORKERS.name, metrics.SCALING_THRESHOLD.name,
+                     metrics.CLOUD_BUDGET.name}
+# A legend word, or a metric read (thresholds are named scale_up/scale_down like actions).
+REFERENCE_WORDS = {"target", "min", "max", "threshold", "budget", "capacity", "limit"}
+# Label values a legend is expanded with, to get the series names Grafana matches overrides on.
+LABEL_SAMPLES: dict[str, tuple[str, ...]] = {
+    "pool": ("cpu", "gpu"),
+    "state": metrics.POOL_STATES,
+    "resource": metrics.SCALING_RESOURCES,
+    "threshold": metrics.THRESHOLDS,
+    "action": metrics.ACTIONS,
+    "direction": metrics.DIRECTIONS,
+    "reason": tuple(metrics.REASONS),
+}
+_LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def series_names(legend: str, ref_id: str) -> list[str]:
+    """The display names a target's series get: its legend with every label value filled in."""
+    if not legend:
+        return [ref_id]
+    names = [legend]
+    for label in dict.fromkeys(_LEGEND_LABEL.findall(legend)):
+        names = [re.sub(r"\{\{\s*" + label + r"\s*\}\}", value, n)
+                 for n in names for value in LABEL_SAMPLES.get(label, ("x",))]
+    return names
+
+
+def _matches(matcher: dict[str, Any], name: str) -> bool:
+    if matcher["id"] == "byName":
+        return bool(matcher["options"] == name)
+    if matcher["id"] == "byRegexp":
+        return re.search(matcher["options"], name) is not None  # Grafana: RegExp.test
+    raise AssertionError(f"unexpected override matcher {matcher}")
+
+
+def field_config(panel: dict[str, Any], name: str) -> dict[str, Any]:
+    """`fieldConfig.defaults.custom` of the series `name`, with the matching overrides applied."""
+    custom = dict(panel["fieldConfig"]["defaults"].get("custom", {}))
+    for override in panel["fieldConfig"].get("overrides", []):
+        if _matches(override["matcher"], name):
+            for prop in override["properties"]:
+                if prop["id"].startswith("custom."):
+                    custom[prop["id"].removeprefix("custom.")] = prop["value"]
+    return custom
+
+
+def is_reference(t: dict[str, Any], name: str) -> bool:
+    reads = {n for _, n in names_in(t["expr"])}
+    words = set(re.split(r"[\s:/]+", name.lower()))
+    return bool(reads & REFERENCE_METRICS or words & REFERENCE_WORDS)
+
+
+def timeseries_panels() -> Iterator[tuple[str, dict[str, Any]]]:
+    for uid, d in GENERATED.items():
+        for p in data_panels(d):
+            if p["type"] == "timeseries":
+                yield f"{uid} / {p['title']}", p
+
+
+def test_series_name_expansion() -> None:
+    assert series_names("{{pool}} {{threshold}}", "B") == [
+        f"{pool} {t}" for pool in ("cpu", "gpu") for t in metrics.THRESHOLDS]
+    assert series_names("", "C") == ["C"]
+
+
+@pytest.mark.parametrize(("where", "panel"), list(timeseries_panels()),
+                         ids=[w for w, _ in timeseries_panels()])
+def test_reference_series_are_dashed_unstacked_and_unfilled(where: str,
+                                                            panel: dict[str, Any]) -> None:
+    # A target/min/max/threshold/budget/capacity stacked on top of the series it bounds reads
+    # as their sum (max 40 with 10 workers); filled, it hides what is below it.
+    for t in panel["targets"]:
+        for name in series_names(t.get("legendFormat", ""), t["refId"]):
+            custom = field_config(panel, name)
+            stacking = custom.get("stacking", {}).get("mode", "none")
+            if is_reference(t, name):
+                assert stacking == "none", f"{where}: reference series {name!r} is stacked"
+                assert custom.get("fillOpacity") == 0, f"{where}: {name!r} is filled"
+                assert custom.get("lineStyle", {}).get("fill") == "dash", \
+                    f"{where}: reference series {name!r} is not dashed"
+            else:
+                assert custom.get("lineStyle", {}).get("fill", "solid") == "solid", \
+                    f"{where}: {name!r} is dashed like a reference line but is not one"
+
+
+@pytest.mark.parametrize(("where", "panel"), list(timeseries_panels()),
+                         ids=[w for w, _ in timeseries_panels()])
+def test_only_stacked_areas_and_bars_are_filled(where: str, panel: dict[str, Any]) -> None:
+    # Overlapping fills of independent lines hide each other and read as a stack.
+    custom = panel["fieldConfig"]["defaults"]["custom"]
+    stacked = custom["stacking"]["mode"] != "none"
+    if custom["drawStyle"] == "line" and not stacked:
+        assert custom["fillOpacity"] == 0, where
+
+
+def test_the_workers_panel_still_stacks_its_states() -> None:
+    panel = next(p for w, p in timeseries_panels() if w == f"{uids.SCALING} / Workers by state")
+    for state in metrics.POOL_STATES:
+        assert field_config(panel, state)["stacking"]["mode"] == "normal"
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_count_stats_built_on_increase_are_rounded(uid: str) -> None:
+    # increase() extrapolates to the window's edges: 3 decisions show as 3.19 unless rounded.
+    for p in data_panels(GENERATED[uid]):
+        if p["type"] != "stat" or p["fieldConfig"]["defaults"]["unit"] != "short":
+            continue
+        for t in p["targets"]:
+            if "increase(" not in t["expr"]:
+                continue
+            expr = t["expr"].strip()
+            assert expr.startswith("round(") and expr.endswith(")"), \
+                f"{p['title']}: a count from increase() must be round(...)d: {expr}"
+            assert p["fieldConfig"]["defaults"]["decimals"] == 0, p["title"]
+
+
+_PER_HOUR = re.compile(r"per hour|USD/h\b|hourly", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_per_hour_money_says_so_in_the_title(uid: str) -> None:
+    # A bare "$4.94" reads as a total; the currency unit cannot carry "/hour".
+    for p in data_panels(GENERATED[uid]):
+        if p["fieldConfig"]["defaults"]["unit"] == "currencyUSD" and \
+                _PER_HOUR.search(p["description"]):
+            assert "hour" in p["title"], p["title"]
+
+
 # --- queries -------------------------------------------------------------------------------------
 
 def test_every_referenced_name_is_a_metric_or_recording_rule() -> None:

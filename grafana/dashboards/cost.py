@@ -55,8 +55,9 @@ def build() -> Dashboard:
         f" or {accrued_rate} * 24 * scalar(days_in_month())"
     )
     panels = [
-        stat("Cost rate", "What the selected pools cost now, in USD per hour (accrued: "
-             "hourly price x uptime).",
+        stat("Cost rate (USD/hour)",
+             "What the selected pools cost now, in USD per hour (accrued: hourly price x "
+             "uptime).",
              [target(_cost_rate())], "currencyUSD", w=6, spec=NEUTRAL),
         stat("Cost over range", "Accrued cost over the dashboard's time range.",
              [target(f"sum({increase(m.CLOUD_COST, window='$__range')})", instant=True)],
@@ -71,14 +72,16 @@ def build() -> Dashboard:
              "every figure here.",
              [target(f"sum({sel(m.CLOUD_UNPRICED_WORKERS)})")], "short", w=6,
              spec=(("green", None), ("orange", 1.0))),
-        timeseries("Cost rate by provider", "Accrued cost rate per provider, USD per hour.",
+        timeseries("Cost rate by provider (USD/hour)",
+                   "Accrued cost rate per provider, USD per hour, stacked to the total.",
                    [target(_cost_rate("provider"), "{{provider}}")], "currencyUSD",
                    stack=True),
         timeseries("Workers by provider",
                    "Workers per cloud provider (onprem is the local host).",
                    [target(f"count by (provider) ({sel(m.WORKER_INFO)})", "{{provider}}")],
                    "short", stack=True),
-        timeseries("Cost rate by pool", "Accrued cost rate per pool, USD per hour.",
+        timeseries("Cost rate by pool (USD/hour)",
+                   "Accrued cost rate per pool, USD per hour, stacked to the total.",
                    [target(_cost_rate("pool"), "{{pool}}")], "currencyUSD", stack=True),
         piechart("Cost over range by provider", "Accrued cost over the time range.",
                  [target(_cost_over_range("provider"), "{{provider}}", instant=True)],
@@ -120,7 +123,7 @@ def build() -> Dashboard:
                     "{{provider}} {{api}} {{outcome}}")],
             "reqps", h=7),
         table(
-            "Prices",
+            "Prices (USD/hour)",
             "Hourly price per instance type and where it comes from (static config or the "
             "provider's catalog).",
             [target(f"max by (provider, region, instance_type, source) "

@@ -47,7 +47,7 @@ def build() -> Dashboard:
              [target(fleet_mem)], "percentunit", w=6, spec=RED_ORANGE_GREEN),
         stat("Fleet GPU efficiency", "Mean utilization of the reserved GPUs.",
              [target(fleet_gpu)], "percentunit", w=6, spec=RED_ORANGE_GREEN),
-        stat("Idle reservations cost",
+        stat("Idle reservations cost (USD/hour)",
              "What reserved-but-idle capacity costs per hour (USD/h): each worker's price x "
              "its larger idle reserved CPU or GPU share. Unpriced workers count as nothing.",
              [target(f"sum({idle_cost})")], "currencyUSD", w=6, spec=NEUTRAL),
@@ -60,13 +60,18 @@ def build() -> Dashboard:
                 target(sel(r.POOL_MEMORY_EFFICIENCY), "{{pool}} memory"),
                 target(sel(r.POOL_GPU_EFFICIENCY), "{{pool}} gpu"),
             ],
-            "percentunit", min_value=0, max_value=1, h=9),
+            "percentunit", w=8, h=9, min_value=0, max_value=1),
         bargauge(
             "Least efficient workers (CPU)",
             "The ten workers using the smallest share of the cores their tasks reserved.",
             [target(f"bottomk(10, {sel(r.WORKER_CPU_EFFICIENCY)})", "{{worker}}",
                     instant=True)],
-            "percentunit", w=12, spec=RED_ORANGE_GREEN),
+            "percentunit", w=8, spec=RED_ORANGE_GREEN),
+        bargauge(
+            "GPU efficiency per worker",
+            "Mean utilization of each worker's reserved GPUs now.",
+            [target(sel(r.WORKER_GPU_EFFICIENCY), "{{worker}}")],
+            "percentunit", spec=RED_ORANGE_GREEN),
         status_history(
             "CPU efficiency per worker",
             "Cores in use / cores reserved, one row per worker (red: reserved but idle). "
@@ -78,11 +83,6 @@ def build() -> Dashboard:
             "reserved.",
             [target(sel(r.WORKER_MEMORY_EFFICIENCY), "{{worker}}")],
             color="continuous-RdYlGr"),
-        bargauge(
-            "GPU efficiency per worker",
-            "Mean utilization of each worker's reserved GPUs now.",
-            [target(sel(r.WORKER_GPU_EFFICIENCY), "{{worker}}")],
-            "percentunit", spec=RED_ORANGE_GREEN),
         timeseries(
             "Idle reserved cores and GPUs",
             "Reserved minus used: CPU cores, and reserved GPUs weighted by how idle they are, "
@@ -102,12 +102,13 @@ def build() -> Dashboard:
                     "{{pool}}")],
             "bytes", w=8),
         timeseries(
-            "Idle reservations cost per pool",
-            "USD per hour paid for reserved-but-idle capacity (see the card above), per pool.",
+            "Idle reservations cost per pool (USD/hour)",
+            "USD per hour paid for reserved-but-idle capacity (see the 'Idle reservations "
+            "cost' card), per pool.",
             [target(f"sum by (pool) ({idle_cost})", "{{pool}}")],
             "currencyUSD", w=8),
         table(
-            "Idle reservations cost per worker",
+            "Idle reservations cost per worker (USD/hour)",
             "USD per hour each worker's idle reservations cost now, most expensive first.",
             [target(f"sort_desc({idle_cost})", instant=True, table=True)],
             "currencyUSD", value_name="USD/h", w=24),

@@ -90,15 +90,19 @@ def _common(title: str, description: str, targets: Sequence[PromTarget], w: int,
     }
 
 
-def dashed(matcher: dict[str, str], *, fill: int = 0, stack: bool = False,
-           color: str | None = None) -> dict[str, Any]:
-    """An override drawing matched series as dashed, unstacked reference lines."""
+# Stacking group of reference lines: besides `mode: none`, a group of their own, so that no
+# Grafana version adds a bound or threshold onto the stacked parts of a whole.
+REFERENCE_GROUP = "reference"
+
+
+def dashed(matcher: dict[str, str], *, color: str | None = None) -> dict[str, Any]:
+    """An override drawing matched series as reference lines (a target, a bound, a threshold,
+    a budget, a capacity): dashed, never stacked, never filled."""
     props: list[dict[str, Any]] = [
         {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-        {"id": "custom.fillOpacity", "value": fill},
+        {"id": "custom.fillOpacity", "value": 0},
+        {"id": "custom.stacking", "value": {"mode": "none", "group": REFERENCE_GROUP}},
     ]
-    if not stack:
-        props.append({"id": "custom.stacking", "value": {"mode": "none", "group": "A"}})
     if color:
         props.append({"id": "color", "value": {"mode": "fixed", "fixedColor": color}})
     return {"matcher": matcher, "properties": props}
@@ -108,16 +112,23 @@ def by_regex(pattern: str) -> dict[str, str]:
     return {"id": "byRegexp", "options": pattern}
 
 
+def by_name(name: str) -> dict[str, str]:
+    return {"id": "byName", "options": name}
+
+
 def timeseries(title: str, description: str, targets: Sequence[PromTarget], unit: str, *,
                w: int = 12, h: int = 8, stack: bool = False, bars: bool = False,
                min_value: int | None = None, max_value: int | None = None,
                overrides: Sequence[dict[str, Any]] = (),
                legend_calcs: Sequence[str] = ()) -> TimeSeries:
+    """A time series panel. `stack` only where the series are parts of a whole (workers by
+    state, cost by provider); only stacked areas and bars are filled: overlapping fills of
+    independent lines hide each other and read as a stack."""
     return TimeSeries(
         **_common(title, description, targets, w, h),
         unit=unit,
         drawStyle="bars" if bars else "line",
-        fillOpacity=80 if bars else (30 if stack else 10),
+        fillOpacity=80 if bars else (30 if stack else 0),
         lineWidth=1,
         showPoints="never",
         stacking={"mode": "normal", "group": "A"} if stack else {"mode": "none", "group": "A"},

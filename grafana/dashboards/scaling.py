@@ -9,6 +9,7 @@ from drm_exporter import metrics as m
 from . import uids
 from .common import dashboard, increase, prometheus_annotation, sel
 from .panels import (
+    by_name,
     by_regex,
     dashed,
     stat,
@@ -33,41 +34,52 @@ def build() -> Dashboard:
     panels = [
         stat("Workers", "Workers in any state (active, provisioning, draining) now.",
              [target(f"sum({sel(m.POOL_WORKERS)})")], "short", w=6),
-        stat("Scale-ups in range", "Scale-up decisions over the dashboard's time range.",
-             [target(f"sum({scale_ups})", instant=True)], "short", w=6, graph=False),
-        stat("Scale-downs in range", "Scale-down decisions over the dashboard's time range.",
-             [target(f"sum({scale_downs})", instant=True)], "short", w=6, graph=False),
+        stat("Scale-ups in range",
+             "Scale-up decisions over the dashboard's time range (increase() extrapolates; "
+             "rounded to a whole count).",
+             [target(f"round(sum({scale_ups}))", instant=True)], "short", w=6, decimals=0,
+             graph=False),
+        stat("Scale-downs in range",
+             "Scale-down decisions over the dashboard's time range (increase() extrapolates; "
+             "rounded to a whole count).",
+             [target(f"round(sum({scale_downs}))", instant=True)], "short", w=6, decimals=0,
+             graph=False),
         stat("Since last scale event",
              "Time since the most recent scale-up or scale-down decision in the selected "
              "pools.",
              [target(f"time() - max({last_change})")], "s", w=6, graph=False),
         timeseries(
             "Workers by state",
-            "Workers per state, stacked, summed over the selected pools; dashed lines are "
-            "the target the last decision set and the configured minimum and maximum. "
-            "Scale events are marked as annotations.",
+            "Workers per state (active, provisioning, draining), stacked to the pool size, "
+            "summed over the selected pools. Scale events are marked as annotations.",
+            [target(f"sum by (state) ({sel(m.POOL_WORKERS)})", "{{state}}")],
+            "short", stack=True),
+        timeseries(
+            "Workers vs target and bounds",
+            "All workers (any state) summed over the selected pools, against the target the "
+            "last decisions set and the configured minimum and maximum (dashed, not stacked).",
             [
-                target(f"sum by (state) ({sel(m.POOL_WORKERS)})", "{{state}}"),
+                target(f"sum({sel(m.POOL_WORKERS)})", "workers"),
                 target(f"sum({sel(m.POOL_TARGET_WORKERS)})", "target"),
                 target(f"sum({sel(m.POOL_MIN_WORKERS)})", "min"),
                 target(f"sum({sel(m.POOL_MAX_WORKERS)})", "max"),
             ],
-            "short", stack=True,
+            "short", min_value=0,
             overrides=[
-                dashed(by_regex("^target$"), color="blue"),
-                dashed(by_regex("^min$"), color="red"),
-                dashed(by_regex("^max$"), color="red"),
+                dashed(by_name("target"), color="blue"),
+                dashed(by_name("min"), color="orange"),
+                dashed(by_name("max"), color="red"),
             ]),
         timeseries(
             "Active workers vs target per pool",
             "Active workers in each pool against the worker count its last decision aims at "
-            "(dashed).",
+            "(dashed). Lines only: the pools are compared, not added up.",
             [
                 target(f"sum by (pool) ({active})",
                        "{{pool}} active"),
                 target(f"max by (pool) ({sel(m.POOL_TARGET_WORKERS)})", "{{pool}} target"),
             ],
-            "short", overrides=[dashed(by_regex("^.* target$"))]),
+            "short", min_value=0, overrides=[dashed(by_regex("^.* target$"))]),
         timeseries(
             "Policy input vs thresholds",
             "The overall utilization signal each pool's scaling policy acts on (reserved "
@@ -101,7 +113,7 @@ def build() -> Dashboard:
             "interval.",
             [target(f"sum by (pool, direction) ({increase(m.SCALING_WORKERS)})",
                     "{{pool}} {{direction}}")],
-            "short", bars=True,
+            "short", w=8, bars=True,
             overrides=[{"matcher": by_regex("^.* down$"),
                         "properties": [{"id": "custom.transform", "value": "negative-Y"}]}]),
         state_timeline(
@@ -110,12 +122,12 @@ def build() -> Dashboard:
             "change during a cooldown is recorded as maintain/cooldown.",
             [target(f"max by (pool, direction) ({sel(m.SCALING_COOLDOWN_ACTIVE)})",
                     "{{pool}} {{direction}}")],
-            {0: ("ready", "green"), 1: ("cooldown", "orange")}),
+            {0: ("ready", "green"), 1: ("cooldown", "orange")}, w=8, h=8),
         timeseries(
             "Pending tasks",
             "Tasks waiting for capacity in each pool.",
             [target(f"sum by (pool) ({sel(m.POOL_TASKS_PENDING)})", "{{pool}}")],
-            "short", h=7),
+            "short", w=8),
     ]
     annotations = [
         prometheus_annotation("Scale up", _scale_events("scale_up"), "green",

@@ -37,9 +37,10 @@ def build() -> Dashboard:
              "percentunit", spec=GREEN_ORANGE_RED),
         stat("Scale events (24h)",
              "Scale-up and scale-down decisions in the last 24 hours (fixed window, "
-             "whatever the time range), over the selected pools.",
-             [target(f"sum({scale_events})", instant=True)],
-             "short", graph=False),
+             "whatever the time range), over the selected pools; rounded to a whole count "
+             "(increase() extrapolates).",
+             [target(f"round(sum({scale_events}))", instant=True)],
+             "short", decimals=0, graph=False),
         status_history(
             "CPU utilization per worker",
             "Measured CPU utilization, one row per worker, coloured on a fixed 0-100% scale. "
