@@ -154,7 +154,8 @@ def test_scaling_stays_within_min_and_max(clock: ManualClock) -> None:
 def test_cost_accrues_price_times_uptime(clock: ManualClock) -> None:
     prices = PriceBook((Price("aws", "m5.2xlarge", 0.36), Price("aws", "m5.2xlarge", 0.72,
                                                                  region="eu-west-1")))
-    eng = Engine({}, EngineSettings(cost_max_gap_s=600), prices, {"aws": 100.0}, clock)
+    eng = Engine({}, EngineSettings(cost_max_gap_s=600, heartbeat_timeout_s=1e6,
+                                    worker_expiry_s=1e6), prices, {"aws": 100.0}, clock)
     eng.register(spec("a"))
     eng.register(spec("b", region="eu-west-1"))
     eng.register(spec("c", provider="onprem", instance_type="host"))

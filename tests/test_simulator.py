@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drm_exporter.client import LocalClient
 from drm_exporter.clock import ManualClock
 from drm_exporter.engine import Engine
 from drm_exporter.scaling import PoolPolicy
@@ -16,10 +17,10 @@ SETTINGS = dict(provisioning_delay_s=20, task_duration_s=40, walk_interval_s=5,
 def simulate(seed: int, seconds: float, check=None) -> tuple[Simulator, Engine]:
     clock = ManualClock()
     eng = Engine({"cpu": POLICY, "gpu": POLICY}, clock=clock)
-    sim = Simulator(eng, SimulatorSettings(seed=seed, **SETTINGS))
+    sim = Simulator(LocalClient.for_engine(eng), clock, SimulatorSettings(seed=seed, **SETTINGS))
     sim.start()
     for _ in range(int(seconds / 5)):
-        run_for(sim, clock.advance, 5)
+        run_for(sim, eng, clock, 5)
         if check:
             check(eng)
     return sim, eng
@@ -74,7 +75,8 @@ def test_fleet_starts_warm() -> None:
     tasks already hold about `initial_load` of each pool when the simulator starts."""
     clock = ManualClock()
     eng = Engine({"cpu": POLICY, "gpu": POLICY}, clock=clock)
-    sim = Simulator(eng, SimulatorSettings(seed=1, initial_load=0.5, **SETTINGS))
+    sim = Simulator(LocalClient.for_engine(eng), clock,
+                    SimulatorSettings(seed=1, initial_load=0.5, **SETTINGS))
     sim.start()
     from drm_exporter.engine import pool_utilization
     from drm_exporter.fleet import STATE_ACTIVE

@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recording rules output file")
     d.set_defaults(fn=_dashboards)
 
+    from .agent import add_agent_parser
+
+    add_agent_parser(sub)
+
     g = sub.add_parser("docs", help="generate docs/metrics.md from the metric contract")
     g.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "metrics.md")
     g.set_defaults(fn=_docs)

@@ -8,6 +8,7 @@ same public methods; nothing here knows who is calling. All state sits behind on
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,8 @@ from .reservations import (
     ReservationError,
     apply,
     best_fit,
-    fits,
+    scarce_resource,
+    shortfall,
     undo,
     validate_request,
 )
@@ -36,10 +38,24 @@ class UnknownWorker(KeyError):
 @dataclass(frozen=True)
 class EngineSettings:
     heartbeat_timeout_s: float = 30.0
+    # A worker silent this long is removed and its reservations released (counted).
+    worker_expiry_s: float = 300.0
+    # Recent decisions kept for GET /api/v1/scaling/history.
+    history_size: int = 1000
     # Uptime gaps longer than this are not billed: a suspended coordinator cannot know.
     cost_max_gap_s: float = 300.0
     # A requested worker that never registers stops counting as provisioning after this.
     provisioning_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_timeout_s", "worker_expiry_s", "cost_max_gap_s",
+                     "provisioning_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.worker_expiry_s < self.heartbeat_timeout_s:
+            raise ValueError("worker_expiry_s must be >= heartbeat_timeout_s")
+        if self.history_size < 1:
+            raise ValueError("history_size must be >= 1")
 
 
 @dataclass
@@ -53,6 +69,8 @@ class _PoolRuntime:
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
     workers_changed: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     last_decision_ts: dict[str, float] = field(default_factory=dict)
+    workers_expired: int = 0
+    reservations_expired: int = 0
 
     def __post_init__(self) -> None:
         if self.policy is not None:
@@ -87,6 +105,14 @@ class PoolView:
     decisions: dict[tuple[str, str], int]
     workers_changed: dict[str, int]
     last_decision_ts: dict[str, float]
+    workers_expired: int
+    reservations_expired: int
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    timestamp: float  # unix
+    decision: Decision
 
 
 @dataclass(frozen=True)
@@ -117,6 +143,7 @@ class Engine:
                                + policy.evaluation_interval_s)
             for name, policy in (policies or {}).items()}
         self._cost: dict[tuple[str, str, str, str], float] = {}
+        self._history: deque[HistoryEntry] = deque(maxlen=self._settings.history_size)
 
     @property
     def clock(self) -> Clock:
@@ -129,8 +156,9 @@ class Engine:
         return rt
 
     # --- registry --------------------------------------------------------------------------
-    def register(self, spec: WorkerSpec, usage: Usage | None = None) -> None:
-        """Add a worker, or update the identity and capacity of a known one."""
+    def register(self, spec: WorkerSpec, usage: Usage | None = None) -> bool:
+        """Add a worker, or update the identity and capacity of a known one (its report).
+        Returns True when the worker is new."""
         now, mono = self._clock.time(), self._clock.monotonic()
         with self._lock:
             w = self._workers.get(spec.worker)
@@ -140,12 +168,13 @@ class Engine:
                     rt.provisioning.pop(0)
                 self._workers[spec.worker] = Worker(spec, STATE_ACTIVE, now, now, mono, mono,
                                                     usage or Usage())
-                return
-            if (spec.cpu_cores + 1e-9 < w.cpu_allocated
-                    or spec.memory_total_bytes < w.memory_allocated
-                    or any(i >= spec.gpus for i in w.gpus_allocated)):
-                raise ReservationError(f"worker {spec.worker!r}: new capacity is below what "
-                                       "its reservations hold")
+                return True
+            short = ("cpu_cores" if spec.cpu_cores + 1e-9 < w.cpu_allocated else
+                     "memory_total_bytes" if spec.memory_total_bytes < w.memory_allocated else
+                     "gpus" if any(i >= spec.gpus for i in w.gpus_allocated) else None)
+            if short:
+                raise InsufficientCapacity(f"worker {spec.worker!r}: new {short} is below what "
+                                           "its reservations hold", short)
             if spec.pool != w.spec.pool:
                 self._pool(spec.pool)
             self._accrue(w, mono)
@@ -153,6 +182,7 @@ class Engine:
             if usage is not None:
                 w.usage = usage
             w.last_report, w.last_report_mono = now, mono
+            return False
 
     def report(self, worker: str, usage: Usage) -> None:
         """A worker's measured usage; also its heartbeat."""
@@ -202,15 +232,18 @@ class Engine:
                     raise UnknownWorker(worker)
                 if w.state != STATE_ACTIVE:
                     raise InsufficientCapacity(f"worker {worker!r} is {w.state}")
-                if not fits(w, cpu_cores, memory_bytes, gpus):
-                    raise InsufficientCapacity(f"worker {worker!r} lacks free capacity")
+                short = shortfall(w, cpu_cores, memory_bytes, gpus)
+                if short:
+                    raise InsufficientCapacity(f"worker {worker!r} lacks free {short}", short)
             else:
-                cands = (x for x in self._workers.values() if pool is None or x.spec.pool == pool)
+                cands = [x for x in self._workers.values()
+                         if x.state == STATE_ACTIVE and (pool is None or x.spec.pool == pool)]
                 found = best_fit(cands, cpu_cores, memory_bytes, gpus)
                 if found is None:
-                    raise InsufficientCapacity("no active worker"
-                                               + (f" in pool {pool!r}" if pool else "")
-                                               + " has the free capacity")
+                    raise InsufficientCapacity(
+                        "no active worker" + (f" in pool {pool!r}" if pool else "")
+                        + " has the free capacity",
+                        scarce_resource(cands, cpu_cores, memory_bytes, gpus))
                 w = found
             r = Reservation(task_id, w.spec.worker, cpu_cores, memory_bytes,
                             tuple(w.gpus_free[:gpus]), self._clock.time())
@@ -238,11 +271,13 @@ class Engine:
 
     # --- the loop --------------------------------------------------------------------------
     def tick(self) -> list[Decision]:
-        """Accrue cost, then evaluate every pool whose evaluation interval has passed."""
+        """Accrue cost, expire silent workers, then evaluate every pool whose evaluation
+        interval has passed."""
         mono = self._clock.monotonic()
         with self._lock:
             for w in self._workers.values():
                 self._accrue(w, mono)
+            self._expire(mono)
             decisions = []
             for name in sorted(self._pools):
                 rt = self._pools[name]
@@ -252,6 +287,20 @@ class Engine:
                     rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
                     decisions.append(self._evaluate_pool(name, rt, mono))
             return decisions
+
+    def _expire(self, mono: float) -> None:
+        limit = self._settings.worker_expiry_s
+        for wid in [k for k, w in self._workers.items() if mono - w.last_report_mono > limit]:
+            rt = self._pool(self._workers[wid].spec.pool)
+            released = self.deregister(wid)
+            rt.workers_expired += 1
+            rt.reservations_expired += len(released)
+
+    def history(self, pool: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """The most recent decisions, newest last."""
+        with self._lock:
+            rows = [h for h in self._history if pool is None or h.decision.pool == pool]
+            return rows[-limit:] if limit > 0 else []
 
     def evaluate_now(self, pool: str) -> Decision:
         """Evaluate one pool immediately (a coordinator's explicit request)."""
@@ -293,7 +342,9 @@ class Engine:
         else:
             rt.target_workers = n
         rt.decisions[(d.action, d.reason)] = rt.decisions.get((d.action, d.reason), 0) + 1
-        rt.last_decision_ts[d.action] = self._clock.time()
+        now = self._clock.time()
+        rt.last_decision_ts[d.action] = now
+        self._history.append(HistoryEntry(now, d))
         return d
 
     def _accrue(self, w: Worker, mono: float) -> None:
@@ -343,7 +394,8 @@ class Engine:
                     name, rt.policy, by_state, target, rt.tasks_pending, util,
                     {"up": mono < rt.cooldown_until["up"],
                      "down": mono < rt.cooldown_until["down"]},
-                    dict(rt.decisions), dict(rt.workers_changed), dict(rt.last_decision_ts)))
+                    dict(rt.decisions), dict(rt.workers_changed), dict(rt.last_decision_ts),
+                    rt.workers_expired, rt.reservations_expired))
             return FleetView(now, workers, tuple(pools), dict(self._cost), prices, unpriced,
                              dict(self._budgets))
 

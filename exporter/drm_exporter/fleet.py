@@ -21,6 +21,7 @@ class WorkerSpec:
     cpu_cores: float
     memory_total_bytes: int
     gpus: int = 0
+    metrics_url: str = ""  # set by agents that serve their own /metrics (for /sd)
 
     def __post_init__(self) -> None:
         if not self.worker:

@@ -92,6 +92,11 @@ SCALING_LAST_DECISION = _g("drm_scaling_last_decision_timestamp_seconds",
                            "Unix time of the pool's last decision with this action.", "pool",
                            "action")
 
+WORKERS_EXPIRED = _c("drm_pool_workers_expired_total",
+                     "Workers removed after missing heartbeats for the expiry window.", "pool")
+RESERVATIONS_EXPIRED = _c("drm_pool_reservations_expired_total",
+                          "Reservations released because their worker expired.", "pool")
+
 # --- cost ------------------------------------------------------------------------------------
 CLOUD_PRICE = _g("drm_cloud_price_usd_per_hour", "Hourly price of an instance type.",
                  "provider", "region", "instance_type", "source")

@@ -13,7 +13,12 @@ class ReservationError(ValueError):
 
 
 class InsufficientCapacity(ReservationError):
-    """No eligible worker has the free capacity the task asks for."""
+    """No eligible worker has the free capacity the task asks for. `field` names the resource
+    that ran short (cpu_cores, memory_bytes, gpus), or None when none did alone."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,32 @@ def validate_request(task_id: str, cpu_cores: float, memory_bytes: int, gpus: in
         raise ReservationError("a reservation must hold something")
 
 
-def fits(w: Worker, cpu_cores: float, memory_bytes: int, gpus: int) -> bool:
+def shortfall(w: Worker, cpu_cores: float, memory_bytes: int, gpus: int) -> str | None:
+    """The first resource the worker lacks for the request, or None if it fits."""
     # A tiny epsilon keeps float sums of fractional cores from refusing an exact fit.
-    return (w.cpu_free + 1e-9 >= cpu_cores and w.memory_free >= memory_bytes
-            and len(w.gpus_free) >= gpus)
+    if w.cpu_free + 1e-9 < cpu_cores:
+        return "cpu_cores"
+    if w.memory_free < memory_bytes:
+        return "memory_bytes"
+    if len(w.gpus_free) < gpus:
+        return "gpus"
+    return None
+
+
+def fits(w: Worker, cpu_cores: float, memory_bytes: int, gpus: int) -> bool:
+    return shortfall(w, cpu_cores, memory_bytes, gpus) is None
+
+
+def scarce_resource(candidates: list[Worker], cpu_cores: float, memory_bytes: int,
+                    gpus: int) -> str | None:
+    """The resource that no candidate alone can offer, for an error that names it."""
+    if not any(w.cpu_free + 1e-9 >= cpu_cores for w in candidates):
+        return "cpu_cores"
+    if not any(w.memory_free >= memory_bytes for w in candidates):
+        return "memory_bytes"
+    if not any(len(w.gpus_free) >= gpus for w in candidates):
+        return "gpus"
+    return None
 
 
 def best_fit(candidates: Iterable[Worker], cpu_cores: float, memory_bytes: int,

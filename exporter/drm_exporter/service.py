@@ -8,6 +8,8 @@ import socket
 import threading
 from dataclasses import replace
 
+from .api import Api
+from .client import LocalClient
 from .clock import Clock, SystemClock
 from .collectors.gpu import GpuCollector
 from .collectors.host import HostCollector
@@ -70,9 +72,12 @@ class Service:
                 policies.setdefault(pool, PoolPolicy())
         prices = PriceBook(DEFAULT_PRICES + config.cost.prices)
         self.engine = Engine(policies, config.engine, prices, config.cost.budgets_usd, clock)
+        self.api = Api(self.engine)
         self.status = CollectorStatus()
         self.store = SnapshotStore()
-        self.simulator = Simulator(self.engine, config.simulator.settings) \
+        # The simulator goes through the API's validation like any fleet, minus the socket.
+        self.simulator = Simulator(LocalClient(self.api), self.engine.clock,
+                                   config.simulator.settings) \
             if config.simulator.enabled else None
         self.runners: list[CollectorRunner] = []
         self.host_worker: HostWorker | None = None
@@ -126,7 +131,7 @@ class Service:
             r.run_once()
         self.publish()
         host, port = parse_listen_address(self.config.listen_address)
-        self.http = ExporterHTTPServer(host, port, self.store)
+        self.http = ExporterHTTPServer(host, port, self.store, self.api)
         self.http.start_background()
         for r in self.runners:
             r.start_after_first()

@@ -1,4 +1,4 @@
-"""A seeded simulated fleet that drives the engine through its public interface.
+"""A seeded simulated fleet that feeds the coordinator through its API client, like a real one.
 
 It reproduces the seed example's behaviour without its faults: demand per pool follows a random
 walk with a trend (increasing, decreasing or stable; every trend period a 20 % chance of a new
@@ -16,9 +16,11 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from .api import ApiError
+from .client import Client
+from .clock import Clock, ManualClock
 from .engine import Engine
 from .fleet import GpuReading, Usage, WorkerSpec
-from .reservations import InsufficientCapacity
 from .scaling import Decision
 
 GIB = 1024**3
@@ -93,6 +95,7 @@ class _Demand:
 
 @dataclass
 class _SimWorker:
+    spec: WorkerSpec
     shape: Shape
     eff_cpu: float
     eff_mem: float
@@ -120,8 +123,12 @@ class _PoolSim:
 
 
 class Simulator:
-    def __init__(self, engine: Engine, settings: SimulatorSettings | None = None) -> None:
-        self.engine = engine
+    """Talks to the coordinator only through a Client (in-process or HTTP), like any fleet."""
+
+    def __init__(self, client: Client, clock: Clock,
+                 settings: SimulatorSettings | None = None) -> None:
+        self.client = client
+        self.clock = clock
         self.s = settings or SimulatorSettings()
         self._rng = random.Random(self.s.seed)
         self._workers: dict[str, _SimWorker] = {}
@@ -144,11 +151,10 @@ class Simulator:
             self.pools[pool] = _PoolSim(_Demand(self.s.initial_load, self.s.initial_trend))
             for _ in range(n):
                 self._launch(pool)
-            ws = [self._workers[w].shape for w in self.engine.workers(pool=pool)
-                  if w in self._workers]
+            ws = [w.shape for w in self._workers.values() if w.spec.pool == pool]
             self.pools[pool].demand.ref_units = float(
                 sum(s.gpus for s in ws) if pool == "gpu" else sum(s.cpu_cores for s in ws))
-        mono = self.engine.clock.monotonic()
+        mono = self.clock.monotonic()
         for pool, ps in self.pools.items():
             self._prewarm(pool, ps, mono)
         self._next_walk = mono + self.s.walk_interval_s
@@ -163,9 +169,7 @@ class Simulator:
         held = 0.0
         while held < ps.demand.load * ps.demand.ref_units:
             t = self._new_task(pool)
-            try:
-                self.engine.reserve(t.task_id, t.cpu, t.memory, t.gpus, pool=pool)
-            except InsufficientCapacity:
+            if not self._reserve(t):
                 break
             t.ends_at = now + t.duration_s * self._rng.random()
             self._tasks[t.task_id] = t
@@ -186,19 +190,30 @@ class Simulator:
         self._seq += 1
         wid = f"{pool}-{shape.provider}-{self._seq:03d}"
         r = self._rng
-        self._workers[wid] = _SimWorker(shape, r.uniform(0.45, 0.95), r.uniform(0.5, 0.95),
-                                        r.uniform(0.6, 0.95), r.uniform(0.6, 1.5))
-        self.engine.register(WorkerSpec(
+        spec = WorkerSpec(
             worker=wid, pool=pool, provider=shape.provider, region=shape.region,
             instance_type=shape.instance_type, hostname=f"{wid}.sim.internal",
             cpu_cores=shape.cpu_cores, memory_total_bytes=shape.memory_gib * GIB,
-            gpus=shape.gpus))
+            gpus=shape.gpus)
+        self._workers[wid] = _SimWorker(spec, shape, r.uniform(0.45, 0.95),
+                                        r.uniform(0.5, 0.95), r.uniform(0.6, 0.95),
+                                        r.uniform(0.6, 1.5))
+        self.client.put_worker(spec)
         return wid
+
+    def _reserve(self, t: _Task) -> bool:
+        try:
+            self.client.reserve(t.task_id, t.cpu, t.memory, t.gpus, pool=t.pool)
+        except ApiError as e:
+            if e.status == 409:  # no capacity now: the task waits
+                return False
+            raise
+        return True
 
     # --- one step --------------------------------------------------------------------------
     def step(self) -> None:
         """Advance the fleet to the engine clock's now: demand, tasks, launches, reports."""
-        now = self.engine.clock.monotonic()
+        now = self.clock.monotonic()
         dt = max(0.0, now - (self._last_step if self._last_step is not None else now))
         self._last_step = now
         while now >= self._next_walk:
@@ -208,26 +223,27 @@ class Simulator:
             self._maybe_new_trend()
             self._next_trend += self.s.trend_period_s
         for tid in [t.task_id for t in self._tasks.values() if t.ends_at <= now]:
-            self.engine.release(tid)
+            self.client.release(tid)
             del self._tasks[tid]
         for pool, ps in self.pools.items():
             ready = [t for t in ps.launching if t <= now]
             ps.launching = [t for t in ps.launching if t > now]
             for _ in ready:
                 self._launch(pool)
-        for wid in self.engine.drained():
-            if wid in self._workers:
-                self.engine.deregister(wid)
-                del self._workers[wid]
+        for w in self.client.workers():
+            if (w["state"] == "draining" and w["tasks_running"] == 0
+                    and w["worker"] in self._workers):
+                self.client.deregister(w["worker"])
+                del self._workers[w["worker"]]
         for pool, ps in self.pools.items():
             self._arrivals(pool, ps, dt)
             self._place(pool, ps, now)
-            self.engine.set_tasks_pending(pool, len(ps.pending))
+            self.client.set_tasks_pending(pool, len(ps.pending))
         self._report_all()
 
     def apply(self, decisions: list[Decision]) -> None:
         """Act on the engine's decisions as a provisioner would."""
-        now = self.engine.clock.monotonic()
+        now = self.clock.monotonic()
         for d in decisions:
             self.decisions.append(d)
             if d.action == "scale_up" and d.pool in self.pools:
@@ -269,9 +285,7 @@ class Simulator:
     def _place(self, pool: str, ps: _PoolSim, now: float) -> None:
         while ps.pending:
             t = ps.pending[0]
-            try:
-                self.engine.reserve(t.task_id, t.cpu, t.memory, t.gpus, pool=pool)
-            except InsufficientCapacity:
+            if not self._reserve(t):
                 return  # FIFO: the head waits for capacity, like a coordinator's queue
             ps.pending.popleft()
             t.ends_at = now + t.duration_s
@@ -288,19 +302,19 @@ class Simulator:
             k += 1
 
     def _report_all(self) -> None:
-        alloc = {w.spec.worker: w for w in self.engine.view().workers if w.spec.worker in
-                 self._workers}
+        alloc = {w["worker"]: w for w in self.client.workers() if w["worker"] in self._workers}
         r = self._rng
         for wid in sorted(alloc):
             v, sw = alloc[wid], self._workers[wid]
             sh = sw.shape
-            cpu = min(1.0, max(0.0, v.cpu_allocated / sh.cpu_cores * sw.eff_cpu + 0.03
+            cpu = min(1.0, max(0.0, v["cpu_allocated_cores"] / sh.cpu_cores * sw.eff_cpu + 0.03
                                + r.gauss(0, 0.01)))
             mem = int(min(sh.memory_gib * GIB,
-                          sw.base_mem_gib * GIB + v.memory_allocated * sw.eff_mem))
+                          sw.base_mem_gib * GIB + v["memory_allocated_bytes"] * sw.eff_mem))
             gpus = []
+            busy_gpus = set(v["gpus_allocated"])
             for i in range(sh.gpus):
-                busy = i in v.gpus_allocated
+                busy = i in busy_gpus
                 util = min(1.0, sw.eff_gpu * r.uniform(0.85, 1.0)) if busy else 0.0
                 total = sh.gpu_memory_gib * GIB
                 used = int(total * (r.uniform(0.4, 0.9) if busy else 0.02))
@@ -310,13 +324,14 @@ class Simulator:
                     memory_used_bytes=used,
                     temperature_celsius=round(32 + 50 * util + r.uniform(-1.5, 1.5), 1),
                     power_watts=round(sh.gpu_idle_w + util * (sh.gpu_max_w - sh.gpu_idle_w), 1)))
-            self.engine.report(wid, Usage(round(cpu, 4), mem, tuple(gpus)))
+            # PUT, like an agent: it re-registers by itself if the coordinator forgot it.
+            self.client.put_worker(sw.spec, Usage(round(cpu, 4), mem, tuple(gpus)))
 
 
-def run_for(sim: Simulator, clock_advance, seconds: float, step_s: float = 1.0) -> None:
+def run_for(sim: Simulator, engine: Engine, clock: ManualClock, seconds: float,
+            step_s: float = 1.0) -> None:
     """Drive simulator and engine for `seconds` of simulated time on a manual clock."""
-    steps = int(seconds / step_s)
-    for _ in range(steps):
-        clock_advance(step_s)
+    for _ in range(int(seconds / step_s)):
+        clock.advance(step_s)
         sim.step()
-        sim.apply(sim.engine.tick())
+        sim.apply(engine.tick())

@@ -101,6 +101,9 @@ def _pool_families(view: FleetView) -> Iterator[Family]:
                                      for p in managed for d in m.DIRECTIONS))
     yield family(m.SCALING_COOLDOWN_ACTIVE, (((p.pool, d), float(p.cooldown_active[d]))
                                              for p in managed for d in m.DIRECTIONS))
+    yield family(m.WORKERS_EXPIRED, (((p.pool,), float(p.workers_expired)) for p in ps))
+    yield family(m.RESERVATIONS_EXPIRED, (((p.pool,), float(p.reservations_expired))
+                                          for p in ps))
     yield family(m.SCALING_LAST_DECISION, (((p.pool, a), ts) for p in managed
                                            for a, ts in sorted(p.last_decision_ts.items())))
 
