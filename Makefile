@@ -3,6 +3,7 @@
 #   make test   every test, including the integration tests against a real Prometheus
 VENV ?= .venv
 DURATION ?= 3m
+DEMO_ARGS ?=
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint dashboards system-deps clean
@@ -17,7 +18,7 @@ system-deps:
 	@deploy/local/bootstrap.sh
 
 demo: system-deps $(STAMP)
-	$(VENV)/bin/drm-exporter demo --duration $(DURATION) --out out
+	$(VENV)/bin/drm-exporter demo --duration $(DURATION) --out out $(DEMO_ARGS)
 
 test: system-deps $(STAMP)
 	@deploy/local/bootstrap.sh --test

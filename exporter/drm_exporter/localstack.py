@@ -150,11 +150,12 @@ def prometheus_query(base: str, expr: str) -> list[dict[str, Any]]:
 def run_demo(duration_s: float, out_dir: Path, config: Path, exporter_port: int,
              prometheus_port: int, scrape_interval_s: int = 5) -> int:
     """Exporter + Prometheus for `duration_s`, then the five PNGs; stops all it started."""
-    from .renderer import render_dashboards
+    from .renderer import PrometheusError, render_dashboards
 
     for port, who in ((exporter_port, "exporter"), (prometheus_port, "Prometheus")):
         if port_in_use(port):
-            print(f"demo: port {port} for the {who} is taken; pass --port/--prometheus-port",
+            print(f"demo: port {port} for the {who} is taken; pass --port/--prometheus-port "
+                  "(with make: make demo DEMO_ARGS='--port 9850 --prometheus-port 19091')",
                   file=sys.stderr)
             return 1
     run_dir = out_dir / "run"
@@ -184,7 +185,7 @@ def run_demo(duration_s: float, out_dir: Path, config: Path, exporter_port: int,
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the exporter and Prometheus", file=sys.stderr)
         return 130
-    except StackError as e:
+    except (StackError, PrometheusError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     finally:
