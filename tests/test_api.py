@@ -177,6 +177,7 @@ def test_bad_input_is_refused_and_changes_nothing(svc: Service) -> None:
     assert got == 413
     after = (c.workers(), c.reservations())
     assert after == before
+    svc.publish()  # snapshots follow the tick; publish now rather than wait for one
     with urllib.request.urlopen(base(svc) + "/metrics", timeout=5) as r:
         assert b'drm_worker_info{worker="w1"' in r.read()
     assert len(BAD_INPUT) >= 20

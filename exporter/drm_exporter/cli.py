@@ -42,6 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = load_config_file(args.config) if args.config else Config()
     if args.listen_address:
         cfg = replace(cfg, listen_address=args.listen_address)
+    if args.web_config_file:
+        cfg = replace(cfg, web_config_file=str(args.web_config_file))
     if args.simulate is not None or args.seed is not None:
         sim = cfg.simulator
         settings = replace(sim.settings, seed=args.seed) if args.seed is not None \
@@ -62,9 +64,13 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     assert svc.http is not None
-    log.info("serving /metrics on http://%s:%d (simulator %s, host worker %s)",
+    log.info("serving /metrics on %s://%s:%d (simulator %s, host worker %s)", svc.http.scheme,
              cfg.listen_address.rpartition(":")[0], svc.http.port,
              "on" if svc.simulator else "off", "on" if svc.host_worker else "off")
+    # Where the secrets come from, never what they are.
+    log.info("basic auth %s; API write endpoints %s",
+             "on" if svc.web.basic_auth else "off",
+             f"need the token from {svc.token_source}" if svc.api_token else "are open")
     stop.wait()
     log.info("stopping")
     svc.stop()
@@ -75,7 +81,7 @@ def _render(args: argparse.Namespace) -> int:
     import json
 
     from .localstack import print_render_report
-    from .renderer import render_dashboards
+    from .renderer import PrometheusError, render_dashboards
 
     files = sorted(args.dashboards.glob("*.json")) if args.dashboards.is_dir() else \
         [args.dashboards]
@@ -84,8 +90,12 @@ def _render(args: argparse.Namespace) -> int:
         return 2
     dashboards = [json.loads(f.read_text(encoding="utf-8")) for f in files]
     end = time.time()
-    report = render_dashboards(args.prometheus, dashboards, args.out, end - args.range, end,
-                               scrape_interval_s=args.scrape_interval)
+    try:
+        report = render_dashboards(args.prometheus, dashboards, args.out, end - args.range,
+                                   end, scrape_interval_s=args.scrape_interval)
+    except (PrometheusError, ValueError) as e:
+        print(f"drm-exporter render: {e}", file=sys.stderr)
+        return 1
     return 1 if print_render_report(report) else 0
 
 
@@ -125,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "host as a worker and optionally a simulated fleet.")
     s.add_argument("--config", type=Path, help="YAML config file (see README)")
     s.add_argument("--listen-address", help=f"HOST:PORT (default {DEFAULT_LISTEN_ADDRESS})")
+    s.add_argument("--web.config.file", dest="web_config_file", type=Path, metavar="FILE",
+                   help="TLS and basic auth for every endpoint, in the Prometheus "
+                   "exporter-toolkit format (overrides web_config_file in --config)")
     s.add_argument("--simulate", action=argparse.BooleanOptionalAction, default=None,
                    help="run the seeded simulated fleet (default: from config, else off)")
     s.add_argument("--seed", type=int, help="simulator seed")
@@ -157,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_agent_parser(sub)
 
-    g = sub.add_parser("docs", help="generate docs/metrics.md from the metric contract")
-    g.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "metrics.md")
+    g = sub.add_parser("docs", help="generate docs/metrics.md from the metric contract",
+                       description="Write the metrics reference (every family, type, labels, "
+                       "scaling reasons) generated from metrics.py.")
+    g.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "metrics.md",
+                   help="output file (default docs/metrics.md)")
     g.set_defaults(fn=_docs)
 
     m = sub.add_parser("demo", help="exporter + Prometheus + five PNGs on this machine",

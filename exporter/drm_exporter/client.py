@@ -135,6 +135,8 @@ class HttpClient(Client):
             import base64
             cred = base64.b64encode(":".join(self.basic_auth).encode()).decode()
             req.add_header("Authorization", f"Basic {cred}")
+            if self.token:  # Authorization now carries the basic credentials
+                req.add_header("X-DRM-Token", self.token)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s,
                                         context=self.ssl_context) as r:

@@ -14,6 +14,8 @@
     cost:
       budgets_usd: {aws: 1000}
       prices: [{provider: aws, instance_type: m5.2xlarge, usd_per_hour: 0.384, region: "*"}]
+    api: {token: ""}             # DRM_EXPORTER_API_TOKEN, when set, wins
+    web_config_file: web.yml     # TLS and basic auth (exporter-toolkit format, webconfig.py)
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -34,10 +37,20 @@ from .simulator import SimulatorSettings
 
 DEFAULT_PORT = 9847
 DEFAULT_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+API_TOKEN_ENV = "DRM_EXPORTER_API_TOKEN"
 
 
 class ConfigError(ValueError):
     """Bad configuration: the message names the file, line and key."""
+
+
+class FieldError(ValueError):
+    """Raised by a dataclass's checks to blame one key below it (a path of keys), so the error
+    points at that key's line rather than at the start of the mapping."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,18 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    token: str = ""  # empty: write endpoints are open (bind to localhost, or set one)
+
+
+def api_token(api: ApiConfig, environ: Mapping[str, str]) -> str:
+    """The token write endpoints need: the environment variable wins over the file so a secret
+    store can inject it without writing it to disk; an empty variable counts as unset, so an
+    accidentally blank one cannot switch the token off."""
+    return environ.get(API_TOKEN_ENV) or api.token
+
+
+@dataclass(frozen=True)
 class Config:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     tick_interval_s: float = 1.0
@@ -88,6 +113,8 @@ class Config:
     host_worker: HostWorkerConfig = field(default_factory=HostWorkerConfig)
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    web_config_file: str = ""  # relative to the config file's folder
 
     def __post_init__(self) -> None:
         if self.tick_interval_s <= 0:
@@ -109,6 +136,34 @@ def _where(source: str, node: yaml.Node) -> str:
     return f"{source}:{node.start_mark.line + 1}"
 
 
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")
+
+
+def locate(node: yaml.Node, path: tuple[str, ...]) -> yaml.Node:
+    """The key node at the end of `path` below `node` (an error about an entry points at its
+    line), or the deepest node the document has on the way there."""
+    for i, part in enumerate(path):
+        if not isinstance(node, yaml.MappingNode):
+            return node
+        for kn, vn in node.value:
+            if isinstance(kn, yaml.ScalarNode) and kn.value == part:
+                if i == len(path) - 1:
+                    return kn
+                node = vn
+                break
+        else:
+            return node
+    return node
+
+
+def line_of(source: str, root: yaml.Node | None, path: tuple[str, ...]) -> str:
+    """`source:line` of the key at `path` (or of the nearest node above it)."""
+    if root is None:
+        return source
+    return _where(source, locate(root, path))
+
+
 class _Builder:
     def __init__(self, source: str, loader: yaml.SafeLoader) -> None:
         self.source, self.loader = source, loader
@@ -118,6 +173,12 @@ class _Builder:
 
     def build(self, tp: Any, node: yaml.Node, key: str) -> Any:
         origin = typing.get_origin(tp)
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            v = self.scalar(str, node, key)
+            if v not in choices:
+                self.fail(node, key, f"expected one of {', '.join(choices)}, got {v!r}")
+            return v
         if dataclasses.is_dataclass(tp):
             return self._dataclass(tp, node, key)
         if origin is dict:
@@ -150,7 +211,7 @@ class _Builder:
         return v
 
     def _dataclass(self, tp: Any, node: yaml.Node, key: str) -> Any:
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+        if _is_null(node):
             return tp()
         if not isinstance(node, yaml.MappingNode):
             self.fail(node, key or "(top level)", "expected a mapping")
@@ -171,25 +232,32 @@ class _Builder:
                 continue
             t = hints[k]
             if isinstance(t, types.UnionType):
+                if type(None) in typing.get_args(t) and _is_null(vn):
+                    kwargs[k] = None
+                    continue
                 t = next(a for a in typing.get_args(t) if a is not type(None))
             kwargs[k] = self.build(t, vn, full)
         try:
             if tp is SimulatorConfig:
                 return SimulatorConfig(kwargs.get("enabled", False), SimulatorSettings(**sim))
             return tp(**kwargs)
+        except FieldError as e:
+            self.fail(locate(node, e.path), ".".join(([key] if key else []) + list(e.path)), str(e))
         except (TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
             self.fail(node, key or "(top level)", str(e))
 
 
-def load_config(text: str, source: str = "<config>") -> Config:
+def parse_yaml(tp: Any, text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """YAML text → dataclass `tp`, and the document's root node (to place later errors, such as
+    an unreadable file the config names); an empty document is `tp()`."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            return Config()
-        return _Builder(source, loader).build(Config, node, "")
+            return tp(), None
+        return _Builder(source, loader).build(tp, node, ""), node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -198,9 +266,20 @@ def load_config(text: str, source: str = "<config>") -> Config:
         loader.dispose()
 
 
-def load_config_file(path: Path) -> Config:
+def load_config(text: str, source: str = "<config>") -> Config:
+    return typing.cast(Config, parse_yaml(Config, text, source)[0])
+
+
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    return load_config(text, str(path))
+
+
+def load_config_file(path: Path) -> Config:
+    cfg = load_config(read_text(path), str(path))
+    if cfg.web_config_file and not Path(cfg.web_config_file).is_absolute():
+        # like the paths in prometheus.yml: relative to the file that names them
+        cfg = dataclasses.replace(cfg, web_config_file=str(path.parent / cfg.web_config_file))
+    return cfg

@@ -4,9 +4,12 @@ loop that ticks the engine and publishes snapshots, and the HTTP server."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 from .api import Api
 from .client import LocalClient
@@ -15,7 +18,7 @@ from .collectors.gpu import GpuCollector
 from .collectors.host import HostCollector
 from .collectors.runner import CollectorRunner
 from .collectors.status import CollectorStatus
-from .config import Config, parse_listen_address
+from .config import API_TOKEN_ENV, Config, api_token, parse_listen_address
 from .engine import Engine
 from .exposition import SnapshotStore
 from .fleet import GpuReading, Usage, WorkerSpec
@@ -24,6 +27,7 @@ from .scaling import PoolPolicy
 from .simulator import Simulator
 from .snapshot import build_families
 from .web import ExporterHTTPServer
+from .webconfig import WebSecurity, load_web_config_file
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,16 @@ class HostWorker:
 
 
 class Service:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.config = config
+        env = os.environ if environ is None else environ
+        self.api_token = api_token(config.api, env)
+        self.token_source = API_TOKEN_ENV if env.get(API_TOKEN_ENV) else "config api.token"
+        # Loaded here, before anything starts, so a bad web config (or certificate) is a
+        # ConfigError and exit 2.
+        self.web = load_web_config_file(Path(config.web_config_file)) \
+            if config.web_config_file else WebSecurity(None, None)
         clock = clock or SystemClock()
         policies = dict(config.pools)
         if config.simulator.enabled:
@@ -131,7 +143,10 @@ class Service:
             r.run_once()
         self.publish()
         host, port = parse_listen_address(self.config.listen_address)
-        self.http = ExporterHTTPServer(host, port, self.store, self.api)
+        self.http = ExporterHTTPServer(host, port, self.store, self.api,
+                                       api_token=self.api_token or None,
+                                       ssl_context=self.web.ssl_context,
+                                       basic_auth=self.web.basic_auth)
         self.http.start_background()
         for r in self.runners:
             r.start_after_first()

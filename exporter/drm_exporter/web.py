@@ -1,13 +1,19 @@
 """The HTTP server: /metrics (text format, gzip when asked), /healthz, /sd (Prometheus http_sd)
 and the coordinator API under /api/v1. Handlers only read the published snapshot or call the
-API; they never collect. Every error is JSON naming the field; never a traceback."""
+API; they never collect. Every error is JSON naming the field; never a traceback.
+
+Security, all optional: TLS and basic auth on every endpoint (webconfig.py), and a bearer token
+for the API's write endpoints. Credentials are compared in constant time and never logged."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 import socket
+import ssl
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,10 +22,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .api import API_PREFIX, Api, ApiError
 from .exposition import CONTENT_TYPE, SnapshotStore
+from .webconfig import REALM, BasicAuth
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+HANDSHAKE_TIMEOUT_S = 10.0
+TOKEN_HEADER = "X-DRM-Token"  # the token's place when Authorization carries basic auth
 
 INDEX = b"""<!doctype html><html><head><title>drm-exporter</title></head><body>
 <h1>drm-exporter</h1><ul><li><a href="/metrics">/metrics</a></li>
@@ -67,6 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self._authenticated():
+            return
         path = urlsplit(self.path).path
         if path == "/metrics":
             gz = accepts_gzip(self.headers.get("Accept-Encoding"))
@@ -82,13 +93,36 @@ class _Handler(BaseHTTPRequestHandler):
             self._api("GET")
 
     def do_PUT(self) -> None:  # noqa: N802
-        self._api("PUT")
+        if self._authenticated():
+            self._api("PUT")
 
     def do_POST(self) -> None:  # noqa: N802
-        self._api("POST")
+        if self._authenticated():
+            self._api("POST")
 
     def do_DELETE(self) -> None:  # noqa: N802
-        self._api("DELETE")
+        if self._authenticated():
+            self._api("DELETE")
+
+    def _authenticated(self) -> bool:
+        """Basic auth from the web config, before anything else is read; False once the 401
+        is sent."""
+        auth = self.server.basic_auth
+        if auth is None or auth.check(self.headers.get("Authorization")):
+            return True
+        # The body (if any) stays unread, so this connection cannot carry another request.
+        self.close_connection = True
+        extra = {"WWW-Authenticate": f'Basic realm="{REALM}"', "Connection": "close"}
+        path = urlsplit(self.path).path
+        if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            self._json(401, ApiError(401, None, "authentication required").body(), extra)
+        else:
+            self._send(HTTPStatus.UNAUTHORIZED, b"401 Unauthorized\n",
+                       "text/plain; charset=utf-8", extra)
+        return False
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._api("PATCH")
 
     def _api(self, method: str) -> None:
         url = urlsplit(self.path)
@@ -102,7 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                      dict(parse_qsl(url.query)))
         except ApiError as e:
             self._json(e.status, e.body(),
-                       {"WWW-Authenticate": "Bearer"} if e.status == 401 else None)
+                       {"WWW-Authenticate": f'Bearer realm="{REALM}"'} if e.status == 401
+                       else None)
             return
         except Exception:  # a bug, not the client's fault: log it, never leak a traceback
             log.exception("%s %s failed", method, url.path)
@@ -141,12 +176,16 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.server.api_token
         if not token:
             return
-        given = self.headers.get("Authorization") or ""
-        scheme, _, value = given.partition(" ")
-        # compare_digest: the time taken does not tell how much of the token matched
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
-                                                                 token.encode()):
-            raise ApiError(401, None, "write endpoints need Authorization: Bearer <token>")
+        given = self.headers.get(TOKEN_HEADER)
+        if given is None:
+            scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+            given = value if scheme.lower() == "bearer" else ""
+        # Digests first: compare_digest's time then tells neither how much of the token matched
+        # nor how long it is.
+        if not hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(),
+                                   hashlib.sha256(token.encode()).digest()):
+            raise ApiError(401, None, f"write endpoints need Authorization: Bearer <token> "
+                           f"(or {TOKEN_HEADER}: <token> with basic auth)")
 
     def _json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
@@ -171,12 +210,50 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str, port: int, store: SnapshotStore, api: Api | None = None,
-                 api_token: str | None = None) -> None:
+                 api_token: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                 basic_auth: BasicAuth | None = None,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.store = store
         self.api = api
         self.api_token = api_token
+        self.basic_auth = basic_auth
+        self.ssl_context = ssl_context
+        self.handshake_timeout_s = handshake_timeout_s
+        if ssl_context is not None:
+            # The handshake is deferred to the connection's own thread (finish_request): done
+            # in accept(), one slow or silent client would stall every other connection.
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(self.handshake_timeout_s)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                # Plain HTTP on the TLS port, a scanner, a client that never speaks: close this
+                # connection (process_request_thread does) and keep serving the others.
+                log.debug("%s: TLS handshake failed: %s", client_address[0],
+                          getattr(e, "reason", None) or type(e).__name__)
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver's default prints a traceback to stderr. A dropped connection is routine;
+        # anything else is a bug, logged with its traceback but no request data (the headers
+        # may carry credentials).
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("%s: connection error: %s", client_address[0], type(exc).__name__)
+        else:
+            log.error("%s: request failed", client_address[0], exc_info=True)
 
     @property
     def port(self) -> int:
