@@ -20,7 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
     ("pools:\n  gpu: {scale_up: 0.5}\n", "x.yml:2: pools.gpu: thresholds must satisfy"),
     ("simulator:\n  enabled: yes please\n", "x.yml:2: simulator.enabled: expected true or false"),
     ("listen_address: nowhere\n", "x.yml:1: (top level): listen address must be HOST:PORT"),
-    ("cost:\n  prices:\n    - {provider: aws}\n", "x.yml:3: cost.prices[0]: "),
+    ("cost:\n  prices:\n    - {provider: aws}\n",
+     "x.yml:3: cost.prices[0]: missing required keys instance_type, usd_per_hour"),
+    ("simulator:\n  seed: 1\n  initial_trend: sideways\n",
+     "x.yml:3: simulator.initial_trend: initial_trend must be one of"),
+    ("engine:\n  heartbeat_timeout_s: 30\n  worker_expiry_s: 5\n",
+     "x.yml:3: engine.worker_expiry_s: worker_expiry_s must be >= heartbeat_timeout_s"),
     ("pools: [1, 2\n", "x.yml:2: not valid YAML"),
 ])
 def test_errors_name_key_and_line(text: str, expected: str) -> None:

@@ -237,6 +237,15 @@ class _Builder:
                     continue
                 t = next(a for a in typing.get_args(t) if a is not type(None))
             kwargs[k] = self.build(t, vn, full)
+        target = SimulatorSettings if tp is SimulatorConfig else tp
+        given = sim if tp is SimulatorConfig else kwargs
+        missing = [f.name for f in dataclasses.fields(target) if f.name not in given
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            self.fail(node, key or "(top level)",
+                      f"missing required key{'s' if len(missing) > 1 else ''} "
+                      f"{', '.join(missing)}")
         try:
             if tp is SimulatorConfig:
                 return SimulatorConfig(kwargs.get("enabled", False), SimulatorSettings(**sim))
@@ -246,6 +255,10 @@ class _Builder:
         except (TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
+            # Validation messages start with the field they are about: point at its line.
+            first = str(e).split(" ", 1)[0]
+            if first in given and isinstance(node, yaml.MappingNode):
+                self.fail(locate(node, (first,)), f"{key}.{first}" if key else first, str(e))
             self.fail(node, key or "(top level)", str(e))
 
 
