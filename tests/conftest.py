@@ -25,5 +25,5 @@ def clock() -> ManualClock:
 @pytest.fixture
 def engine(clock: ManualClock) -> Engine:
     policy = PoolPolicy(cooldown_up_s=30, cooldown_down_s=60, evaluation_interval_s=10,
-                        min_workers=1, max_workers=6, max_step=2)
+                        min_workers=1, max_workers=6, max_step=2, evaluation_window_s=0)
     return Engine({"cpu": policy}, EngineSettings(heartbeat_timeout_s=30), clock=clock)

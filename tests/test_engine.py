@@ -98,7 +98,8 @@ def test_scale_up_when_hot_with_cooldown(engine: Engine, clock: ManualClock) -> 
     assert (d.action, d.reason, d.count) == ("scale_up", "high_utilization", 1)
     pool = engine.view().pools[0]
     assert pool.workers_by_state["provisioning"] == 1 and pool.target_workers == 3
-    assert pool.cooldown_active == {"up": True, "down": False}
+    # scale up fast, down slow: a scale-up also holds scale-downs for the down cooldown
+    assert pool.cooldown_active == {"up": True, "down": True}
     clock.advance(10)
     [d] = engine.tick()
     assert (d.action, d.reason) == ("maintain", "cooldown")
@@ -135,7 +136,8 @@ def test_scale_down_drains_idle_workers_first(engine: Engine, clock: ManualClock
 def test_scaling_stays_within_min_and_max(clock: ManualClock) -> None:
     from drm_exporter.scaling import PoolPolicy
     eng = Engine({"cpu": PoolPolicy(min_workers=2, max_workers=3, cooldown_up_s=0,
-                                    cooldown_down_s=0, evaluation_interval_s=1)}, clock=clock)
+                                    cooldown_down_s=0, evaluation_interval_s=1,
+                                    evaluation_window_s=0)}, clock=clock)
     eng.register(spec("a", cores=1))
     clock.advance(1)
     [d] = eng.tick()
@@ -190,3 +192,42 @@ def test_worker_goes_down_after_missed_heartbeats(engine: Engine, clock: ManualC
         engine.report("ghost", Usage())
     with pytest.raises(ValueError):
         Usage(cpu_utilization_ratio=1.5)
+
+
+def test_signal_is_the_mean_over_the_window_and_smooths_pending(clock: ManualClock) -> None:
+    from drm_exporter.scaling import PoolPolicy
+    eng = Engine({"cpu": PoolPolicy(evaluation_interval_s=60, evaluation_window_s=30,
+                                    cooldown_up_s=0, min_workers=1)}, clock=clock)
+    eng.register(spec("a", cores=10))
+    for second in range(60):  # 8 of 10 cores reserved only in the last 10 s
+        if second == 50:
+            eng.reserve("burst", 8, GIB)
+            eng.set_tasks_pending("cpu", 9)
+        clock.advance(1)
+        decisions = eng.tick()
+    [d] = decisions
+    # the last 30 samples: 10 at 0.8 and 20 at 0.0 → 0.267, and pending 9 * 10/30 = 3 < 4 tasks
+    # per worker still counts as pressure (>= pending_threshold 1): ceil(3 / 4) = 1
+    assert eng.view().pools[0].utilization["cpu"] == pytest.approx(10 * 0.8 / 31, abs=0.01)
+    assert (d.action, d.reason, d.count) == ("scale_up", "pending_tasks", 1)
+
+
+def test_a_scale_up_holds_scale_downs_for_the_down_cooldown(clock: ManualClock) -> None:
+    from drm_exporter.scaling import PoolPolicy
+    eng = Engine({"cpu": PoolPolicy(evaluation_interval_s=10, evaluation_window_s=0,
+                                    cooldown_up_s=20, cooldown_down_s=100, min_workers=1)},
+                 clock=clock)
+    eng.register(spec("a", cores=4))
+    eng.register(spec("b", cores=4))
+    eng.reserve("t1", 4, GIB)
+    eng.reserve("t2", 4, GIB)
+    clock.advance(10)
+    assert eng.tick()[0].action == "scale_up"
+    eng.release("t1")  # the load vanishes right after the scale-up
+    eng.release("t2")
+    reasons = []
+    for _ in range(12):
+        clock.advance(10)
+        reasons += [d.reason for d in eng.tick()]
+    # cold from the second evaluation on, but no scale-down until 100 s after the scale-up
+    assert reasons[:8] == ["cooldown"] * 8 and "low_utilization" in reasons[9:]

@@ -12,9 +12,9 @@ P = PoolPolicy(scale_up=0.8, scale_down=0.3, target=0.7, min_workers=2, max_work
 
 
 def sig(active: int, u: float, provisioning: int = 0, up_cd: bool = False,
-        down_cd: bool = False) -> PoolSignal:
+        down_cd: bool = False, pending: int = 0) -> PoolSignal:
     return PoolSignal(active, provisioning, {"cpu": u, "memory": u / 2, "overall": u}, up_cd,
-                      down_cd)
+                      down_cd, pending)
 
 
 @pytest.mark.parametrize(("signal", "action", "reason", "count"), [
@@ -44,6 +44,16 @@ def sig(active: int, u: float, provisioning: int = 0, up_cd: bool = False,
     (sig(0, 0.0), "scale_up", "below_min", 2),
     (sig(1, 0.9, up_cd=True), "scale_up", "below_min", 1),
     (sig(12, 0.5), "scale_down", "above_max", 2),
+    # pending pressure in the band: ceil(9 / 4) = 3 workers
+    (sig(4, 0.6, pending=9), "scale_up", "pending_tasks", 3),
+    # pending and hot: the larger count wins: hot says 2, queue says ceil(2/4) = 1
+    (sig(4, 0.9, pending=2), "scale_up", "high_utilization", 2),
+    # a big queue is still clamped by max_step
+    (sig(4, 0.9, pending=100), "scale_up", "pending_tasks", 4),
+    # cold but tasks wait (capacity fragmentation): never scale down under pressure
+    (sig(6, 0.1, pending=1), "scale_up", "pending_tasks", 1),
+    (sig(10, 0.5, pending=5), "maintain", "at_max", 0),
+    (sig(4, 0.5, pending=5, up_cd=True), "maintain", "cooldown", 0),
 ])
 def test_policy_table(signal: PoolSignal, action: str, reason: str, count: int) -> None:
     d = evaluate("cpu", P, signal)
@@ -58,7 +68,16 @@ def test_no_flapping_inside_the_band() -> None:
         assert evaluate("cpu", P, sig(5, u)).action == "maintain"
 
 
+def test_queue_can_be_ignored() -> None:
+    quiet = PoolPolicy(pending_threshold=0)
+    assert evaluate("cpu", quiet, sig(4, 0.5, pending=50)).reason == "within_band"
+    assert evaluate("cpu", PoolPolicy(pending_threshold=10), sig(4, 0.5, pending=9)
+                    ).reason == "within_band"
+
+
 @pytest.mark.parametrize("kwargs", [
+    {"pending_threshold": -1},
+    {"tasks_per_worker": 0},
     {"scale_up": 0.6, "target": 0.7},
     {"scale_down": 0.75},
     {"min_workers": 5, "max_workers": 3},

@@ -88,3 +88,32 @@ def test_fleet_starts_warm() -> None:
     assert 0.5 <= pool_utilization(by_pool["cpu"])["cpu"] <= 0.5 + 4 / 40  # type: ignore[arg-type]
     assert pool_utilization(by_pool["gpu"])["gpu"] == 0.5  # type: ignore[arg-type]  # 2 of 4
     assert len(workers) == 8
+
+
+def test_a_simulated_day_stays_in_bounds_without_flapping() -> None:
+    """Default policy (cooldowns 300/600 s, 60 s evaluations over a 300 s window) against the
+    seed example's volatile demand, over 24 simulated hours."""
+    from drm_exporter.thresholds import FLAP_DIRECTION_CHANGES_PER_HOUR
+
+    policy = PoolPolicy(min_workers=2, max_workers=12)
+    clock = ManualClock()
+    eng = Engine({"cpu": policy, "gpu": policy}, clock=clock)
+    sim = Simulator(LocalClient.for_engine(eng), clock, SimulatorSettings(seed=9))
+    sim.start()
+    moves: dict[str, list[tuple[int, str]]] = {"cpu": [], "gpu": []}  # (hour, action)
+    for minute in range(24 * 60):
+        seen = len(sim.decisions)
+        run_for(sim, eng, clock, 60, step_s=10)
+        for d in sim.decisions[seen:]:
+            if d.action != "maintain":
+                moves[d.pool].append((minute // 60, d.action))
+        for p in eng.view().pools:
+            n = p.workers_by_state["active"] + p.workers_by_state["provisioning"]
+            assert policy.min_workers <= n <= policy.max_workers
+    for pool, seq in moves.items():
+        ups = sum(a == "scale_up" for _, a in seq)
+        assert ups and len(seq) > ups, f"{pool} did not scale both ways in a day: {seq}"
+        changes = [0] * 24
+        for (_, a), (hour, b) in zip(seq, seq[1:], strict=False):
+            changes[hour] += a != b
+        assert max(changes) <= FLAP_DIRECTION_CHANGES_PER_HOUR, (pool, changes)

@@ -71,6 +71,9 @@ class _PoolRuntime:
     last_decision_ts: dict[str, float] = field(default_factory=dict)
     workers_expired: int = 0
     reservations_expired: int = 0
+    samples: deque[tuple[float, dict[str, float]]] = field(default_factory=deque)
+    signal: dict[str, float] | None = None  # the smoothed policy input, from the last tick
+    pending_mean: float = 0.0  # tasks_pending averaged over the same window
 
     def __post_init__(self) -> None:
         if self.policy is not None:
@@ -283,10 +286,28 @@ class Engine:
                 rt = self._pools[name]
                 if rt.policy is None:
                     continue
+                self._sample(name, rt, mono)
                 if mono + 1e-9 >= rt.next_eval_mono:
                     rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
                     decisions.append(self._evaluate_pool(name, rt, mono))
             return decisions
+
+    def _sample(self, name: str, rt: _PoolRuntime, mono: float) -> None:
+        """Add the instant reserved shares to the window and recompute the mean signal."""
+        assert rt.policy is not None
+        now = pool_utilization([w for w in self._workers.values()
+                                if w.spec.pool == name and w.state == STATE_ACTIVE])
+        # The queue length rides along, so pending pressure is smoothed the same way.
+        now_with_queue = dict(now, pending=float(rt.tasks_pending))
+        rt.samples.append((mono, now_with_queue))
+        while rt.samples and rt.samples[0][0] < mono - rt.policy.evaluation_window_s:
+            rt.samples.popleft()
+        resources = [r for r in now if r != "overall"]
+        n = len(rt.samples)
+        mean = {r: sum(u.get(r, 0.0) for _, u in rt.samples) / n for r in resources}
+        mean["overall"] = max(mean.values())
+        rt.signal = mean
+        rt.pending_mean = sum(u["pending"] for _, u in rt.samples) / n
 
     def _expire(self, mono: float) -> None:
         limit = self._settings.worker_expiry_s
@@ -317,13 +338,21 @@ class Engine:
         rt.provisioning = [t for t in rt.provisioning if mono - t < timeout]
         active = [w for w in self._workers.values()
                   if w.spec.pool == name and w.state == STATE_ACTIVE]
-        signal = PoolSignal(len(active), len(rt.provisioning), pool_utilization(active),
-                            mono < rt.cooldown_until["up"], mono < rt.cooldown_until["down"])
+        if rt.signal is None:  # evaluated before any tick sampled it
+            self._sample(name, rt, mono)
+        assert rt.signal is not None
+        signal = PoolSignal(len(active), len(rt.provisioning), rt.signal,
+                            mono < rt.cooldown_until["up"], mono < rt.cooldown_until["down"],
+                            rt.pending_mean)
         d = evaluate(name, p, signal)
         n = signal.active + signal.provisioning
         if d.action == "scale_up":
             rt.provisioning.extend([mono] * d.count)
             rt.cooldown_until["up"] = mono + p.cooldown_up_s
+            # Scale up fast, down slow: new capacity gets the down cooldown to prove itself
+            # before any of it is taken away, so a pool does not flap up and straight down.
+            rt.cooldown_until["down"] = max(rt.cooldown_until["down"],
+                                            mono + p.cooldown_down_s)
             rt.workers_changed["up"] += d.count
             rt.target_workers = n + d.count
         elif d.action == "scale_down":
@@ -385,8 +414,10 @@ class Engine:
                 for w in workers:
                     if w.spec.pool == name:
                         by_state[w.state] += 1
-                util = pool_utilization([x for x in self._workers.values()
-                                         if x.spec.pool == name and x.state == STATE_ACTIVE])
+                # Managed pools export the policy's (smoothed) input; others the instant value.
+                util = dict(rt.signal) if rt.signal is not None else pool_utilization(
+                    [x for x in self._workers.values()
+                     if x.spec.pool == name and x.state == STATE_ACTIVE])
                 # Before its first decision a pool is heading where it already is.
                 target = rt.target_workers if rt.target_workers is not None else (
                     by_state["active"] + by_state["provisioning"])

@@ -138,11 +138,12 @@ DIRECTIONS = ("up", "down")
 REASONS: dict[str, str] = {
     "high_utilization": "scale_up: the overall signal is at or above the scale-up threshold",
     "below_min": "scale_up: the pool has fewer workers than its minimum",
+    "pending_tasks": "scale_up: tasks wait for capacity (at least pending_threshold of them)",
     "low_utilization": "scale_down: the overall signal is at or below the scale-down threshold",
     "above_max": "scale_down: the pool has more workers than its maximum",
     "within_band": "maintain: the signal is between the scale-down and scale-up thresholds",
     "cooldown": "maintain: a change was wanted but that direction's cooldown is running",
-    "at_max": "maintain: hot, but the pool is already at its maximum",
+    "at_max": "maintain: hot or tasks pending, but the pool is already at its maximum",
     "at_min": "maintain: cold, but the pool is already at its minimum",
 }
 REASONS_BY_ACTION: dict[str, tuple[str, ...]] = {

@@ -70,6 +70,7 @@ class SimulatorSettings:
     initial_trend: str = "increasing"
     walk_interval_s: float = 10.0  # the seed example's update interval
     trend_period_s: float = 60.0  # the seed example's scaling interval
+    report_interval_s: float = 5.0  # how often each simulated worker reports, like an agent
     max_pending: int = 500
 
     def __post_init__(self) -> None:
@@ -80,7 +81,7 @@ class SimulatorSettings:
         if not 0.0 < self.initial_load <= 1.0:
             raise ValueError("initial_load must be in (0, 1]")
         for name in ("provisioning_delay_s", "task_duration_s", "walk_interval_s",
-                     "trend_period_s"):
+                     "trend_period_s", "report_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -136,6 +137,7 @@ class Simulator:
         self._seq = 0
         self._task_seq = 0
         self._next_walk = 0.0
+        self._next_report = 0.0
         self._next_trend = 0.0
         self._last_step: float | None = None
         self.pools: dict[str, _PoolSim] = {}
@@ -160,6 +162,7 @@ class Simulator:
         self._next_walk = mono + self.s.walk_interval_s
         self._next_trend = mono + self.s.trend_period_s
         self._last_step = mono
+        self._next_report = mono + self.s.report_interval_s
         self._report_all()
 
     def _prewarm(self, pool: str, ps: _PoolSim, now: float) -> None:
@@ -239,7 +242,9 @@ class Simulator:
             self._arrivals(pool, ps, dt)
             self._place(pool, ps, now)
             self.client.set_tasks_pending(pool, len(ps.pending))
-        self._report_all()
+        if now >= self._next_report:
+            self._next_report = now + self.s.report_interval_s
+            self._report_all()
 
     def apply(self, decisions: list[Decision]) -> None:
         """Act on the engine's decisions as a provisioner would."""
