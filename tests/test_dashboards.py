@@ -31,6 +31,15 @@ KNOWN_UNITS = {"percentunit", "bytes", "currencyUSD", "short", "s", "celsius", "
 FIXED_WINDOWS = {"24h": "the 'Scale events (24h)' card counts a fixed day, as in the seed"}
 RULE_WINDOW = "5m"  # recording rules cannot use Grafana's $__rate_interval
 
+# Panels allowed to read a counter outside rate/irate/increase, kubernetes-mixin style:
+# (dashboard uid, panel title) -> why. test_counter_exceptions_are_not_stale keeps it honest.
+EXACT_COUNT = ("exact per-interval count of a counter; increase() extrapolates and "
+               "double-counts across overlapping windows; a counter reset shows as 0 (clamp_min)")
+COUNTER_EXCEPTIONS: dict[tuple[str, str], str] = {
+    (uids.SCALING, "Decisions per interval by action and reason"): EXACT_COUNT,
+    (uids.SCALING, "Workers added and removed"): EXACT_COUNT,
+}
+
 GENERATED: dict[str, dict[str, Any]] = build.generate()
 KNOWN_NAMES: dict[str, tuple[str, ...]] = {
     **{m.name: m.labels for m in metrics.ALL},
@@ -44,6 +53,11 @@ _CALL = re.compile(r"\b(rate|irate|increase)\s*\(")
 _CALL_ON_SELECTOR = re.compile(
     r"\b(?:rate|irate|increase)\s*\(\s*([A-Za-z_:][\w:]*)\s*(\{[^}]*\})?\s*\[([^\]]+)\]\s*\)")
 _WINDOW = re.compile(r"\[([^\]]*)\]")
+# clamp_min(sum by (L) (S) - sum by (L) (S offset $__interval), 0): the same grouping and the
+# same selector on both sides.
+_EXACT_COUNT = re.compile(
+    r"clamp_min\(sum by \(([^)]*)\) \((drm_\w+_total\{[^}]*\})\)"
+    r" - sum by \(\1\) \(\2 offset \$__interval\), 0\)")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -284,6 +298,7 @@ LABEL_SAMPLES: dict[str, tuple[str, ...]] = {
     "action": metrics.ACTIONS,
     "direction": metrics.DIRECTIONS,
     "reason": tuple(metrics.REASONS),
+    "provider": ("aws", "gcp", "azure", "onprem"),
 }
 _LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
@@ -316,6 +331,17 @@ def field_config(panel: dict[str, Any], name: str) -> dict[str, Any]:
                 if prop["id"].startswith("custom."):
                     custom[prop["id"].removeprefix("custom.")] = prop["value"]
     return custom
+
+
+def color_of(panel: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The `color` override applied to the series `name` (the last matching one), if any."""
+    color = None
+    for override in panel["fieldConfig"].get("overrides", []):
+        if _matches(override["matcher"], name):
+            for prop in override["properties"]:
+                if prop["id"] == "color":
+                    color = prop["value"]
+    return color
 
 
 def is_reference(t: dict[str, Any], name: str) -> bool:
@@ -388,6 +414,94 @@ def test_count_stats_built_on_increase_are_rounded(uid: str) -> None:
             assert p["fieldConfig"]["defaults"]["decimals"] == 0, p["title"]
 
 
+# Gauges and counters that only take whole values: a panel reading nothing else (summed or
+# counted, never averaged, divided or rated) shows whole counts, with integer ticks.
+INTEGER_METRICS = {m.name for m in (
+    metrics.POOL_WORKERS, metrics.POOL_TARGET_WORKERS, metrics.POOL_MIN_WORKERS,
+    metrics.POOL_MAX_WORKERS, metrics.POOL_TASKS_PENDING, metrics.WORKER_TASKS_RUNNING,
+    metrics.WORKER_INFO, metrics.WORKER_UP, metrics.GPU_INFO, metrics.GPU_UP,
+    metrics.GPU_ALLOCATED, metrics.CLOUD_UNPRICED_WORKERS, metrics.SCALING_DECISIONS,
+    metrics.SCALING_WORKERS, metrics.WORKERS_EXPIRED, metrics.RESERVATIONS_EXPIRED,
+)}
+_NOT_WHOLE = re.compile(r"\b(avg|rate|irate|quantile)\b|/")
+
+
+def is_integer_count(panel: dict[str, Any]) -> bool:
+    if panel["type"] not in ("timeseries", "stat") or \
+            panel["fieldConfig"]["defaults"]["unit"] != "short":
+        return False
+    names = {n for t in panel["targets"] for _, n in names_in(t["expr"])}
+    ops = " ".join(_STRING.sub('""', t["expr"]) for t in panel["targets"])
+    return bool(names) and names <= INTEGER_METRICS and not _NOT_WHOLE.search(ops)
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_integer_counts_have_no_decimals(uid: str) -> None:
+    # Workers, GPUs and pending tasks on an axis ticked 0.5, 1, 1.5 (or shown as 2.67) read as
+    # fractions of a worker; decimals 0 gives Grafana and the renderer integer ticks.
+    for p in data_panels(GENERATED[uid]):
+        if is_integer_count(p):
+            assert p["fieldConfig"]["defaults"].get("decimals") == 0, p["title"]
+
+
+def test_integer_count_detection() -> None:
+    counted = {(uid, p["title"]) for uid, d in GENERATED.items() for p in data_panels(d)
+               if is_integer_count(p)}
+    for key in [(uids.SCALING, "Workers by state"), (uids.SCALING, "Pending tasks"),
+                (uids.SCALING, "Workers vs target and bounds"),
+                (uids.ALLOCATION, "GPUs: allocated vs capacity"),
+                (uids.COST, "Workers by provider"), *COUNTER_EXCEPTIONS]:
+        assert key in counted, key
+    assert (uids.ALLOCATION, "CPU cores: allocated vs capacity") not in counted  # cgroup cores
+
+
+def test_each_provider_forecast_pairs_with_its_budget_by_colour() -> None:
+    panel = find_panel(uids.COST, "Month-end forecast vs budget")
+    assert panel is not None
+    colours = []
+    for provider in LABEL_SAMPLES["provider"]:
+        forecast, budget = color_of(panel, f"{provider} forecast"), \
+            color_of(panel, f"{provider} budget")
+        assert forecast and forecast.get("mode") == "fixed" and forecast.get("fixedColor"), \
+            provider
+        assert budget == forecast, f"{provider}: budget {budget} vs forecast {forecast}"
+        colours.append(forecast["fixedColor"])
+    assert len(set(colours)) == len(colours), f"providers share a colour: {colours}"
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_tables_put_what_a_row_is_first(uid: str) -> None:
+    # A table of workers starts with the worker, a table of prices with the provider; the
+    # value comes after the labels that say what it is, and Time (one instant) is hidden.
+    for p in data_panels(GENERATED[uid]):
+        if p["type"] != "table":
+            continue
+        organize = [t["options"] for t in p.get("transformations", []) if t["id"] == "organize"]
+        assert len(organize) == 1, p["title"]
+        options = organize[0]
+        assert options["excludeByName"].get("Time") is True, p["title"]
+        index = options.get("indexByName") or {}
+        assert sorted(index.values()) == list(range(len(index))), p["title"]
+        assert "Value" in index and index["Value"] == max(index.values()), p["title"]
+        labels = {lbl for t in p["targets"] for _, n in names_in(t["expr"])
+                  for lbl in KNOWN_NAMES[n]}
+        first = min(index, key=index.__getitem__)
+        if "worker" in labels:
+            assert first == "worker", f"{p['title']}: rows are workers, first column {first!r}"
+        assert first in labels, p["title"]
+        assert not set(index) & {k for k, v in options["excludeByName"].items() if v}, \
+            p["title"]
+
+
+@pytest.mark.parametrize("uid", uids.ALL)
+def test_ranked_panels_say_what_they_rank_by(uid: str) -> None:
+    # "Hottest GPUs" beside "Hottest workers (CPU)" read as ranked by utilization too.
+    for p in data_panels(GENERATED[uid]):
+        if any(re.search(r"\b(topk|bottomk)\s*\(", t["expr"]) for t in p["targets"]):
+            assert re.search(r"\(\w[^)]*\)$", p["title"]), \
+                f"{p['title']}: say what it ranks by, e.g. 'Hottest GPUs (temperature)'"
+
+
 _PER_HOUR = re.compile(r"per hour|USD/h\b|hourly", re.IGNORECASE)
 
 
@@ -445,13 +559,64 @@ def test_recording_rules_use_a_fixed_window_and_no_grafana_variables() -> None:
         _check_windows(record, expr, {RULE_WINDOW})
 
 
+def bare_counters(expr: str) -> list[str]:
+    """The counters `expr` reads outside rate/irate/increase."""
+    inside = {mt.start(1) for mt in _CALL_ON_SELECTOR.finditer(expr)}
+    return [name for pos, name in names_in(expr) if name.endswith("_total") and pos not in inside]
+
+
+def find_panel(uid: str, title: str) -> dict[str, Any] | None:
+    return next((p for p in data_panels(GENERATED[uid]) if p.get("title") == title), None)
+
+
 def test_counters_sit_directly_inside_rate_or_increase() -> None:
-    sources = all_exprs() + [(f"rule {rec}", e) for rec, e in rule_exprs()]
+    sources = [(f"rule {rec}", e) for rec, e in rule_exprs()]
+    for uid, d in GENERATED.items():
+        for panel in data_panels(d):
+            if (uid, panel["title"]) in COUNTER_EXCEPTIONS:
+                continue
+            sources += [(f"{uid} / {panel['title']} / {t['refId']}", t["expr"])
+                        for t in panel["targets"]]
+        sources += [(f"{uid} / annotation {a['name']}", a["expr"])
+                    for a in d["annotations"]["list"] if "expr" in a]
     for where, expr in sources:
-        inside = {mt.start(1) for mt in _CALL_ON_SELECTOR.finditer(expr)}
-        for pos, name in names_in(expr):
-            if name.endswith("_total"):
-                assert pos in inside, f"{where}: {name} outside rate/increase in {expr}"
+        bare = bare_counters(expr)
+        assert not bare, f"{where}: {bare} outside rate/increase in {expr} (or add a " \
+            "documented entry to COUNTER_EXCEPTIONS)"
+
+
+@pytest.mark.parametrize(("uid", "title"), list(COUNTER_EXCEPTIONS))
+def test_counter_exceptions_are_not_stale(uid: str, title: str) -> None:
+    # Each exception names a panel that exists and still needs it, and that reads its counters
+    # the documented way: exact non-overlapping differences, drawn as whole-count bars.
+    assert COUNTER_EXCEPTIONS[(uid, title)].strip()
+    panel = find_panel(uid, title)
+    assert panel is not None, f"stale exception: no panel {title!r} in {uid}"
+    assert any(bare_counters(t["expr"]) for t in panel["targets"]), \
+        f"stale exception: {uid} / {title} reads no counter outside rate/increase"
+    for t in panel["targets"]:
+        if bare_counters(t["expr"]):
+            assert _EXACT_COUNT.fullmatch(t["expr"]), f"{title}: not an exact count: {t['expr']}"
+    assert panel["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars", title
+    assert panel["fieldConfig"]["defaults"]["decimals"] == 0, title
+
+
+def test_exact_count_pattern() -> None:
+    sel = 'drm_scaling_workers_total{job=~"$job", pool=~"$pool"}'
+    good = (f"clamp_min(sum by (pool, direction) ({sel}) - "
+            f"sum by (pool, direction) ({sel} offset $__interval), 0)")
+    assert _EXACT_COUNT.fullmatch(good)
+    assert not _EXACT_COUNT.fullmatch(good.replace("(pool, direction) (" + sel + " offset",
+                                                   "(pool) (" + sel + " offset"))
+    assert not _EXACT_COUNT.fullmatch(good.replace(", 0)", ", 1)"))
+
+
+def test_dashboards_show_the_current_cost_rate_not_the_5m_rule() -> None:
+    # rate(...[5m]) over a counter younger than 5m underestimates (the extrapolated increase is
+    # divided by the full 5m): a forecast built on it climbs from $50 to $1.4K in a 3-minute
+    # demo. The rule stays for alerts.
+    for where, expr in all_exprs():
+        assert recording.CLOUD_COST_RATE.record not in expr, where
 
 
 def test_recording_rule_names_follow_level_metric_operations() -> None:

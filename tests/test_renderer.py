@@ -158,7 +158,13 @@ def test_collapsed_row_is_expanded_and_pushes_panels_down() -> None:
     (1536, "bytes", "1.5 KiB"),
     (3 * 1024**3, "bytes", "3 GiB"),
     (1234.5, "currencyUSD", "$1.23K"),
-    (12.5, "currencyUSD", "$12.5"),
+    (12.5, "currencyUSD", "$12.50"),
+    (2, "currencyUSD", "$2.00"),
+    (999.5, "currencyUSD", "$999.50"),
+    (-4.9, "currencyUSD", "-$4.90"),
+    (0.0926, "currencyUSD", "$0.0926"),
+    (0.00046, "currencyUSD", "$0.00046"),
+    (3, "currency:€", "€3.00"),
     (1500, "short", "1.5 K"),
     (0.25, "s", "250 ms"),
     (90, "s", "1.5 min"),
@@ -172,6 +178,267 @@ def test_collapsed_row_is_expanded_and_pushes_panels_down() -> None:
 ])
 def test_units(value: float, unit: str, text: str) -> None:
     assert format_value(value, unit) == text
+
+
+# --- field overrides and drawing details (one panel drawn into a figure) -----------------------
+
+T0 = 1_700_000_000.0
+STEP = 15.0
+
+
+def _series(labels: dict[str, str], values: list[float]) -> Series:
+    return Series(labels, [T0 + STEP * k for k in range(len(values))], list(values))
+
+
+def _draw_panel(panel: dict, data: dict[str, list[Series]], width: int = 1200,
+                height: int = 320, steps: int = 40):
+    """Draw ``panel`` alone with ``data`` (series per refId); the figure, context and axes."""
+    import matplotlib
+
+    from drm_exporter.renderer import QueryResult
+    from drm_exporter.renderer import draw as drawing
+    from drm_exporter.renderer.fields import FieldConfig
+    from drm_exporter.renderer.layout import Rect
+
+    end = T0 + STEP * (steps - 1)
+    results = [QueryResult(q, q.expr, data.get(q.ref_id, []), None, T0, end, STEP)
+               for q in panel_queries({"panels": [panel]})]
+    fig = drawing.new_figure(width, height)
+    with matplotlib.rc_context(drawing.RC):
+        ctx = drawing.PanelContext(fig, Rect(8, 30, width - 16, height - 36), panel,
+                                   FieldConfig.from_panel(panel), results, T0, end,
+                                   float(width), float(height))
+        drawing.DRAWERS[panel["type"]](ctx)
+        fig.canvas.draw()
+    return fig, ctx, fig.axes
+
+
+def _override(matcher: str, options: object, **props: object) -> dict:
+    return {"matcher": {"id": matcher, "options": options},
+            "properties": [{"id": k.replace("__", "."), "value": v} for k, v in props.items()]}
+
+
+def test_field_overrides_match_by_name_regexp_and_ref_id() -> None:
+    from drm_exporter.renderer.fields import GRAFANA_COLORS, FieldConfig
+
+    panel = _panel(1, "timeseries", "t", (0, 0, 12, 8), [], "short", defaults={
+        "custom": {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 30}})
+    panel["fieldConfig"]["overrides"] = [
+        _override("byRegexp", "^.* down$", custom__transform="negative-Y"),
+        _override("byName", "cpu budget", custom__lineStyle={"fill": "dash", "dash": [10, 10]},
+                  color={"mode": "fixed", "fixedColor": "semi-dark-orange"},
+                  custom__stacking={"mode": "none", "group": "A"}, custom__fillOpacity=0,
+                  unit="currencyUSD", decimals=1, displayName="Budget (${__field.labels.pool})"),
+        _override("byFrameRefID", "B", custom__drawStyle="bars"),
+        _override("byRegexp", "/^GPU/i", color={"mode": "fixed", "fixedColor": "purple"}),
+    ]
+    base = FieldConfig.from_panel(panel)
+    plain_series = base.for_field("cpu up", "A")
+    assert (plain_series.transform, plain_series.draw_style, plain_series.stacking,
+            plain_series.unit) == (None, "line", "normal", "short")
+    assert base.for_field("cpu down", "A").transform == "negative-Y"
+    budget = base.for_field("cpu budget", "A", {"pool": "cpu"})
+    assert budget.line_style == "dash" and budget.dash == (10.0, 10.0)
+    assert (budget.color_mode, budget.fixed_color) == ("fixed", GRAFANA_COLORS["semi-dark-orange"])
+    assert (budget.stacking, budget.fill_opacity) == ("none", 0.0)
+    assert budget.format(2) == "$2.0" and budget.display("cpu budget") == "Budget (cpu)"
+    assert base.for_field("anything", "B").draw_style == "bars"
+    assert base.for_field("gpu used", "A").fixed_color == GRAFANA_COLORS["purple"]
+
+
+def _segments_by_color(ax) -> dict[str, tuple]:
+    """hex colour -> (y values, line style) of each line in the panel's LineCollection."""
+    from matplotlib import colors as mcolors
+    from matplotlib.collections import LineCollection
+
+    lines = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(lines) == 1
+    collection = lines[0]
+    styles = collection.get_linestyles()
+    out = {}
+    for i, segment in enumerate(collection.get_segments()):
+        color = mcolors.to_hex(collection.get_colors()[i % len(collection.get_colors())]).upper()
+        out[color] = ([round(float(y), 6) for y in segment[:, 1]], styles[i % len(styles)])
+    return out
+
+
+def test_timeseries_draws_overridden_series_unstacked_dashed_in_fixed_colour() -> None:
+    from drm_exporter.renderer.fields import CLASSIC_PALETTE, GRAFANA_COLORS
+
+    panel = _panel(1, "timeseries", "Cost vs budget", (0, 0, 12, 8),
+                   [_target("used", "{{pool}} used"),
+                    _target("budget", "{{pool}} budget", refId="B")], "currencyUSD",
+                   defaults={"custom": {"stacking": {"mode": "normal"}, "fillOpacity": 20}})
+    panel["fieldConfig"]["overrides"] = [
+        _override("byRegexp", "^.* budget$", custom__lineStyle={"fill": "dash", "dash": [10, 10]},
+                  custom__stacking={"mode": "none", "group": "reference"},
+                  custom__fillOpacity=0,
+                  color={"mode": "fixed", "fixedColor": "orange"})]
+    data = {"A": [_series({"pool": "cpu"}, [1.0] * 40), _series({"pool": "gpu"}, [2.0] * 40)],
+            "B": [_series({"pool": "cpu"}, [10.0] * 40)]}
+    _fig, _ctx, axes = _draw_panel(panel, data)
+    lines = _segments_by_color(axes[0])
+    cpu_y, cpu_style = lines[CLASSIC_PALETTE[0]]
+    gpu_y, _ = lines[CLASSIC_PALETTE[1]]
+    budget_y, budget_style = lines[GRAFANA_COLORS["orange"].upper()]
+    assert set(cpu_y) == {1.0} and set(gpu_y) == {3.0}  # the used series stack
+    assert set(budget_y) == {10.0}  # the budget is not stacked on top of them
+    assert cpu_style[1] is None and budget_style[1]  # solid vs dashed
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["cpu used", "gpu used", "cpu budget"]
+
+
+def _bar_rectangles(ax) -> list:
+    """The rectangles (4 corners each) of the panel's bar PolyCollection."""
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    rects = []
+    for collection in ax.collections:
+        if isinstance(collection, PolyCollection):
+            for path in collection.get_paths():
+                corners = np.unique(np.round(path.vertices, 9), axis=0)
+                if len(corners) == 4:
+                    rects.append(corners)
+    return rects
+
+
+def test_bars_with_negative_y_override_draw_removals_below_zero() -> None:
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    panel = _panel(1, "timeseries", "Workers added and removed", (0, 0, 12, 8),
+                   [_target("workers", "{{pool}} {{direction}}")], "short",
+                   defaults={"custom": {"drawStyle": "bars", "fillOpacity": 80,
+                                        "stacking": {"mode": "none", "group": "A"}}})
+    panel["fieldConfig"]["overrides"] = [
+        _override("byRegexp", "^.* down$", custom__transform="negative-Y")]
+    up = [float(k % 3) for k in range(40)]  # 0, 1, 2, ...: 26 non-zero buckets
+    down = [float(k % 2) for k in range(40)]  # 20 non-zero buckets
+    data = {"A": [_series({"pool": "cpu", "direction": "up"}, up),
+                  _series({"pool": "cpu", "direction": "down"}, down)]}
+    _fig, _ctx, axes = _draw_panel(panel, data)
+    ax = axes[0]
+    assert not [c for c in ax.collections if isinstance(c, LineCollection)]
+    rects = _bar_rectangles(ax)
+    assert len(rects) == 26 + 20
+    tops = [r[:, 1].max() for r in rects]
+    bottoms = [r[:, 1].min() for r in rects]
+    assert sorted(t for t in tops if t > 0) == sorted(v for v in up if v)  # above zero: up
+    assert sorted(-b for b in bottoms if b < 0) == sorted(v for v in down if v)  # below: down
+    step_days = STEP / 86400
+    assert all(np.ptp(r[:, 0]) < step_days for r in rects)  # one bar per time bucket
+    assert ax.get_ylim()[0] < -0.9 and all(float(t) == int(t) for t in ax.get_yticks())
+
+
+def test_stacked_bars_sit_on_each_other() -> None:
+    panel = _panel(1, "timeseries", "Decisions", (0, 0, 12, 8),
+                   [_target("decisions", "{{action}}")], "short",
+                   defaults={"custom": {"drawStyle": "bars", "fillOpacity": 80,
+                                        "stacking": {"mode": "normal", "group": "A"}}})
+    data = {"A": [_series({"action": "scale_up"}, [1.0] * 40),
+                  _series({"action": "maintain"}, [2.0] * 40)]}
+    _fig, _ctx, axes = _draw_panel(panel, data)
+    rects = _bar_rectangles(axes[0])
+    assert len(rects) == 80
+    spans = {(round(float(r[:, 1].min()), 6), round(float(r[:, 1].max()), 6)) for r in rects}
+    assert spans == {(0.0, 1.0), (1.0, 3.0)}
+
+
+def test_count_axis_gets_integer_ticks() -> None:
+    values = [float(k % 6) for k in range(40)]  # 0..5: MaxNLocator alone picks 1.5, 4.5
+    for defaults in ({"decimals": 0}, {}):
+        panel = _panel(1, "timeseries", "Workers", (0, 0, 12, 8), [_target("w", "{{pool}}")],
+                       "short", defaults=defaults)
+        _fig, _ctx, axes = _draw_panel(panel, {"A": [_series({"pool": "cpu"}, values)]},
+                                       height=260)
+        ticks = [t for t in axes[0].get_yticks() if 0 <= t <= 5]
+        assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks), ticks
+    panel = _panel(1, "timeseries", "Load", (0, 0, 12, 8), [_target("w", "{{pool}}")], "short")
+    _fig, _ctx, axes = _draw_panel(panel, {"A": [_series({"pool": "cpu"},
+                                                         [v / 4 for v in values])]}, height=260)
+    assert any(not float(t).is_integer() for t in axes[0].get_yticks())  # fractions stay
+
+
+def test_grid_rows_all_labelled_until_they_cannot_fit() -> None:
+    from drm_exporter.renderer.draw import ROW_LABEL_MIN_PT, row_label_layout
+
+    assert row_label_layout(23, 232) == (pytest.approx(6.06, abs=0.05), 1)
+    assert row_label_layout(5, 232) == (8.0, 1)
+    size, every = row_label_layout(200, 232)
+    assert size == ROW_LABEL_MIN_PT and every == 9
+
+    names = [f"cpu-aws-{i:03d}" for i in range(23)]
+    panel = _panel(1, "status-history", "CPU per worker", (0, 0, 24, 8),
+                   [_target("cpu", "{{worker}}")], "percentunit")
+    data = {"A": [_series({"worker": n}, [((k + i) % 10) / 10 for k in range(40)])
+                  for i, n in enumerate(names)]}
+    fig, ctx, axes = _draw_panel(panel, data, height=8 * 30 + 7 * 8)
+    ticks = axes[0].get_yticklabels()
+    assert [t.get_text() for t in ticks] == names
+    assert all(t.get_fontsize() >= ROW_LABEL_MIN_PT for t in ticks)
+    assert not [t for t in fig.texts if "label per" in t.get_text()]
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.y0)
+    assert all(a.y1 <= b.y0 + 1 for a, b in zip(boxes, boxes[1:], strict=False))  # no overlap
+
+    many = {"A": [_series({"worker": f"w{i:03d}"}, [0.5] * 40) for i in range(200)]}
+    fig, ctx, axes = _draw_panel(panel, many, height=8 * 30 + 7 * 8)
+    _size, every = row_label_layout(200, ctx.rect.height - 28)  # the plot's height
+    shown = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert every > 1 and shown == [f"w{i:03d}" for i in range(0, 200, every)]
+    assert [t.get_text() for t in fig.texts] == [f"1 label per {every} rows"]
+
+
+def test_bargauge_labels_fit_inside_the_panel() -> None:
+    names = ["gpu-azure-008", "WWWW-gpu-azure-0008", "vm"]
+    panel = _panel(1, "bargauge", "Allocated per worker", (0, 0, 8, 8),
+                   [_target("alloc", "{{worker}}")], "percentunit")
+    data = {"A": [Series({"worker": n}, [T0], [0.5]) for n in names]}
+    fig, ctx, axes = _draw_panel(panel, data, width=520, height=300)
+    renderer = fig.canvas.get_renderer()
+    labels = axes[0].get_yticklabels()
+    assert [t.get_text() for t in labels] == names
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= ctx.rect.left - 0.5, (label.get_text(), box.x0, ctx.rect.left)
+    values = [t for t in axes[0].texts if t.get_text().endswith("%")]
+    assert values and all(t.get_window_extent(renderer).x1 <= ctx.rect.right + 0.5
+                          for t in values)
+
+
+def test_money_has_cents_in_stats_and_tables() -> None:
+    stat = _panel(1, "stat", "Cost rate", (0, 0, 6, 4), [_target("cost")], "currencyUSD")
+    fig, _ctx, _axes = _draw_panel(stat, {"A": [Series({}, [T0], [2.0])]}, width=300,
+                                   height=150)
+    assert "$2.00" in [t.get_text().replace("\\$", "$") for t in fig.texts]
+
+    from drm_exporter.renderer.draw import _table_columns
+
+    table = _panel(2, "table", "Prices", (0, 0, 12, 6),
+                   [_target("price", format="table", instant=True)], "currencyUSD")
+    table["fieldConfig"]["overrides"] = [_override("byName", "Value", displayName="USD/h")]
+    _fig, ctx, _axes = _draw_panel(table, {"A": [
+        Series({"instance_type": "g2-standard-24"}, [T0], [2.0]),
+        Series({"instance_type": "m5.2xlarge"}, [T0], [0.384])]}, height=200)
+    headers, rows, _columns = _table_columns(ctx)
+    assert headers == ["instance_type", "USD/h"]
+    assert rows == [["g2-standard-24", "$2.00"], ["m5.2xlarge", "$0.384"]]
+    # axis ticks keep the cents only where some tick needs them
+    from drm_exporter.renderer.draw import _unit_formatter
+    from drm_exporter.renderer.fields import FieldConfig
+
+    ticks = _unit_formatter(FieldConfig(unit="currencyUSD"), T0)
+    assert [t.replace("\\$", "$") for t in ticks.format_ticks([0, 400, 800, 1200])] == \
+        ["$0", "$400", "$800", "$1.2K"]
+    assert [t.replace("\\$", "$") for t in ticks.format_ticks([0, 1.5, 3])] == \
+        ["$0", "$1.50", "$3.00"]
+
+    # Grafana's organize transformation puts the value first (indexByName)
+    table["transformations"] = [{"id": "organize", "options": {
+        "indexByName": {"Value": 0, "instance_type": 1}}}]
+    headers, rows, _columns = _table_columns(ctx)
+    assert headers == ["USD/h", "instance_type"] and rows[0] == ["$2.00", "g2-standard-24"]
 
 
 # --- failures -------------------------------------------------------------------------------

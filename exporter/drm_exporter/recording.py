@@ -174,7 +174,9 @@ CLOUD_COST_RATE = RecordingRule(
     "drm:cloud_cost_usd_per_hour:rate5m",
     f"sum by (job, provider, region, instance_type, pool) (rate({m.CLOUD_COST}[5m])) * 3600",
     ("job", "provider", "region", "instance_type", "pool"),
-    "Accrued cost rate in USD per hour.",
+    "Accrued cost rate in USD per hour, over a fixed 5m window: for alerts. While the counter "
+    "is younger than 5m it underestimates (the extrapolated increase is divided by the full "
+    "5m), so the dashboards show the current rate with rate(...[$__rate_interval]) instead.",
 )
 
 # Order matters: a rule may use the ones recorded before it in the same evaluation.

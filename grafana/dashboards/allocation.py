@@ -48,7 +48,8 @@ def build() -> Dashboard:
         stat("Free memory", "Memory offered but not reserved.",
              [target(f"{_sum(mem)} - {_sum(mem_alloc)}")], "bytes", spec=NEUTRAL),
         stat("Free GPUs", "GPUs no task has reserved.",
-             [target(f"sum({in_pool(f'1 - {gpu_alloc}')})")], "short", spec=NEUTRAL),
+             [target(f"sum({in_pool(f'1 - {gpu_alloc}')})")], "short", spec=NEUTRAL,
+             decimals=0),
         timeseries(
             "Allocated share of capacity per pool",
             "Reserved / offered per pool and resource (recording rules "
@@ -87,7 +88,7 @@ def build() -> Dashboard:
             "GPUs reserved by tasks and GPUs present (dashed), per pool.",
             [target(_per_pool(gpu_alloc), "{{pool}} allocated"),
              target(f"count by (pool) ({with_pool(gpu_alloc)})", "{{pool}} capacity")],
-            "short", w=8, h=9, overrides=capacity_dashed),
+            "short", w=8, h=9, min_value=0, decimals=0, overrides=capacity_dashed),
     ]
     return dashboard(
         uids.ALLOCATION,

@@ -72,6 +72,19 @@ def increase(metric: MetricDef, *matchers: str, window: str = "$__rate_interval"
     return f"increase({sel(metric, *matchers)}[{window}])"
 
 
+def count_per_interval(metric: MetricDef, by: str, *matchers: str) -> str:
+    """Exact events per query interval of a counter, for bar panels of whole counts.
+
+    The difference from one step to the previous one (`offset $__interval`, the step), so the
+    windows do not overlap and nothing is extrapolated: increase() over $__rate_interval counts
+    one event in several bars and shows 3 removals as 5.8. A counter reset shows as 0
+    (clamp_min), not as a negative count. The counters it is used on are pre-created at 0, so
+    the first event of a label set is not lost.
+    """
+    s = sel(metric, *matchers)
+    return f"clamp_min(sum by ({by}) ({s}) - sum by ({by}) ({s} offset $__interval), 0)"
+
+
 # ---------------------------------------------------------------------------------------------
 # Templating
 

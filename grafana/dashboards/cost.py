@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grafanalib.core import Dashboard
 
 from drm_exporter import metrics as m
-from drm_exporter import recording as r
 
 from . import uids
 from .common import dashboard, increase, rate, sel, with_pool
 from .panels import (
     NEUTRAL,
+    by_name,
     by_regex,
     dashed,
+    fixed_color,
     piechart,
     stat,
     state_timeline,
@@ -23,8 +26,28 @@ from .panels import (
 
 _HOUR = 3600
 
+# One fixed colour per provider, the same in every panel of this dashboard that draws one
+# series per provider, so a forecast pairs with its budget and a provider reads alike
+# everywhere.
+PROVIDER_COLORS: dict[str, str] = {
+    "aws": "orange",
+    "gcp": "green",
+    "azure": "blue",
+    "onprem": "purple",
+}
+
+
+def _provider_colors(suffix: str = "") -> list[dict[str, Any]]:
+    """Colour overrides for series named `<provider>` (or `<provider> <suffix>`)."""
+    if not suffix:
+        return [fixed_color(by_name(p), c) for p, c in PROVIDER_COLORS.items()]
+    return [fixed_color(by_regex(f"^{p} {suffix}$"), c) for p, c in PROVIDER_COLORS.items()]
+
 
 def _cost_rate(by: str = "") -> str:
+    """The cost rate now, USD per hour: rate() over $__rate_interval, not the 5m recording
+    rule, which underestimates for the first 5 minutes of a counter (the extrapolated increase
+    is divided by the full 5m) and lags behind a change."""
     grouping = f" by ({by})" if by else ""
     return f"sum{grouping} ({rate(m.CLOUD_COST)}) * {_HOUR}"
 
@@ -47,7 +70,7 @@ def build() -> Dashboard:
     gpus = _gpus_by_type()
     gpu_type_cost = (f"sum by (provider, region, instance_type) ({rate(m.CLOUD_COST)}) * {_HOUR}"
                      f" and on (provider, region, instance_type) {gpus}")
-    accrued_rate = f"sum by (provider) ({sel(r.CLOUD_COST_RATE)})"
+    accrued_rate = _cost_rate("provider")
     billed = sel(m.CLOUD_BILLED_COST, 'window="month_to_date"', 'currency="USD"')
     forecast = (
         f"(sum by (provider) ({billed})"
@@ -71,15 +94,15 @@ def build() -> Dashboard:
              "Workers whose instance type has no known price: their cost is missing from "
              "every figure here.",
              [target(f"sum({sel(m.CLOUD_UNPRICED_WORKERS)})")], "short", w=6,
-             spec=(("green", None), ("orange", 1.0))),
+             spec=(("green", None), ("orange", 1.0)), decimals=0),
         timeseries("Cost rate by provider (USD/hour)",
                    "Accrued cost rate per provider, USD per hour, stacked to the total.",
                    [target(_cost_rate("provider"), "{{provider}}")], "currencyUSD",
-                   stack=True),
+                   stack=True, overrides=_provider_colors()),
         timeseries("Workers by provider",
                    "Workers per cloud provider (onprem is the local host).",
                    [target(f"count by (provider) ({sel(m.WORKER_INFO)})", "{{provider}}")],
-                   "short", stack=True),
+                   "short", stack=True, decimals=0, overrides=_provider_colors()),
         timeseries("Cost rate by pool (USD/hour)",
                    "Accrued cost rate per pool, USD per hour, stacked to the total.",
                    [target(_cost_rate("pool"), "{{pool}}")], "currencyUSD", stack=True),
@@ -91,14 +114,17 @@ def build() -> Dashboard:
                  "currencyUSD"),
         timeseries(
             "Month-end forecast vs budget",
-            "Forecast = billed month-to-date + the current 5m cost rate for the hours left "
+            "Forecast = billed month-to-date + the current cost rate for the hours left "
             "in the month; without billing data, the current rate for the whole month. "
-            "Dashed: the provider's monthly budget from the config.",
+            "Dashed: the provider's monthly budget from the config, in the colour of its "
+            "forecast.",
             [
                 target(forecast, "{{provider}} forecast"),
                 target(f"max by (provider) ({sel(m.CLOUD_BUDGET)})", "{{provider}} budget"),
             ],
-            "currencyUSD", overrides=[dashed(by_regex("^.* budget$"))]),
+            "currencyUSD",
+            overrides=[dashed(by_regex("^.* budget$")),
+                       *_provider_colors("(forecast|budget)")]),
         piechart("Cost over range by instance type", "Accrued cost over the time range.",
                  [target(_cost_over_range("instance_type"), "{{instance_type}}",
                          instant=True)],
@@ -128,7 +154,8 @@ def build() -> Dashboard:
             "provider's catalog).",
             [target(f"max by (provider, region, instance_type, source) "
                     f"({sel(m.CLOUD_PRICE)})", instant=True, table=True)],
-            "currencyUSD", value_name="USD/h", w=24),
+            "currencyUSD", value_name="USD/h",
+            columns=("provider", "region", "instance_type", "source"), w=24),
     ]
     return dashboard(
         uids.COST,

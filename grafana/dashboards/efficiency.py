@@ -111,7 +111,8 @@ def build() -> Dashboard:
             "Idle reservations cost per worker (USD/hour)",
             "USD per hour each worker's idle reservations cost now, most expensive first.",
             [target(f"sort_desc({idle_cost})", instant=True, table=True)],
-            "currencyUSD", value_name="USD/h", w=24),
+            "currencyUSD", value_name="USD/h",
+            columns=("worker", "pool", "provider", "instance_type", "region"), w=24),
     ]
     return dashboard(
         uids.EFFICIENCY,

@@ -108,6 +108,12 @@ def dashed(matcher: dict[str, str], *, color: str | None = None) -> dict[str, An
     return {"matcher": matcher, "properties": props}
 
 
+def fixed_color(matcher: dict[str, str], color: str) -> dict[str, Any]:
+    """An override giving matched series one fixed colour (to pair series across targets)."""
+    return {"matcher": matcher,
+            "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}]}
+
+
 def by_regex(pattern: str) -> dict[str, str]:
     return {"id": "byRegexp", "options": pattern}
 
@@ -119,11 +125,13 @@ def by_name(name: str) -> dict[str, str]:
 def timeseries(title: str, description: str, targets: Sequence[PromTarget], unit: str, *,
                w: int = 12, h: int = 8, stack: bool = False, bars: bool = False,
                min_value: int | None = None, max_value: int | None = None,
+               decimals: int | None = None,
                overrides: Sequence[dict[str, Any]] = (),
                legend_calcs: Sequence[str] = ()) -> TimeSeries:
     """A time series panel. `stack` only where the series are parts of a whole (workers by
     state, cost by provider); only stacked areas and bars are filled: overlapping fills of
-    independent lines hide each other and read as a stack."""
+    independent lines hide each other and read as a stack. `decimals=0` for whole counts
+    (workers, GPUs, tasks): integer axis ticks and legend values."""
     return TimeSeries(
         **_common(title, description, targets, w, h),
         unit=unit,
@@ -134,6 +142,7 @@ def timeseries(title: str, description: str, targets: Sequence[PromTarget], unit
         stacking={"mode": "normal", "group": "A"} if stack else {"mode": "none", "group": "A"},
         valueMin=min_value,
         valueMax=max_value,
+        valueDecimals=decimals,
         tooltipMode="multi",
         tooltipSort="desc",
         legendDisplayMode="table" if legend_calcs else "list",
@@ -390,9 +399,13 @@ class TablePanel(Panel):
 
 
 def table(title: str, description: str, targets: Sequence[PromTarget], unit: str, *,
-          value_name: str, hide: Sequence[str] = ("Time", "__name__", "job", "instance"),
+          value_name: str, columns: Sequence[str],
+          hide: Sequence[str] = ("Time", "__name__", "job", "instance"),
           w: int = 12, h: int = 8) -> TablePanel:
-    """An instant-query table; the value column is renamed `value_name` and sorted on."""
+    """An instant-query table of one query: the label columns in the order `columns` gives
+    (what a row is comes first), then the value column, renamed `value_name` and sorted on.
+    `organize` keys on the frame's field names, so the value column is "Value" there."""
+    order = [*columns, "Value"]
     return TablePanel(
         **_common(title, description, targets, w, h, max_points=100),
         unit=unit,
@@ -402,6 +415,7 @@ def table(title: str, description: str, targets: Sequence[PromTarget], unit: str
             "id": "organize",
             "options": {
                 "excludeByName": {name: True for name in hide},
+                "indexByName": {name: i for i, name in enumerate(order)},
                 "renameByName": {"Value": value_name},
             },
         }],

@@ -7,7 +7,7 @@ from grafanalib.core import Dashboard
 from drm_exporter import metrics as m
 
 from . import uids
-from .common import dashboard, increase, prometheus_annotation, sel
+from .common import count_per_interval, dashboard, increase, prometheus_annotation, sel
 from .panels import (
     by_name,
     by_regex,
@@ -33,7 +33,7 @@ def build() -> Dashboard:
     per_resource = sel(m.SCALING_UTILIZATION, 'resource!="overall"')
     panels = [
         stat("Workers", "Workers in any state (active, provisioning, draining) now.",
-             [target(f"sum({sel(m.POOL_WORKERS)})")], "short", w=6),
+             [target(f"sum({sel(m.POOL_WORKERS)})")], "short", w=6, decimals=0),
         stat("Scale-ups in range",
              "Scale-up decisions over the dashboard's time range (increase() extrapolates; "
              "rounded to a whole count).",
@@ -53,7 +53,7 @@ def build() -> Dashboard:
             "Workers per state (active, provisioning, draining), stacked to the pool size, "
             "summed over the selected pools. Scale events are marked as annotations.",
             [target(f"sum by (state) ({sel(m.POOL_WORKERS)})", "{{state}}")],
-            "short", stack=True),
+            "short", stack=True, decimals=0),
         timeseries(
             "Workers vs target and bounds",
             "All workers (any state) summed over the selected pools, against the target the "
@@ -64,7 +64,7 @@ def build() -> Dashboard:
                 target(f"sum({sel(m.POOL_MIN_WORKERS)})", "min"),
                 target(f"sum({sel(m.POOL_MAX_WORKERS)})", "max"),
             ],
-            "short", min_value=0,
+            "short", min_value=0, decimals=0,
             overrides=[
                 dashed(by_name("target"), color="blue"),
                 dashed(by_name("min"), color="orange"),
@@ -79,7 +79,7 @@ def build() -> Dashboard:
                        "{{pool}} active"),
                 target(f"max by (pool) ({sel(m.POOL_TARGET_WORKERS)})", "{{pool}} target"),
             ],
-            "short", min_value=0, overrides=[dashed(by_regex("^.* target$"))]),
+            "short", min_value=0, decimals=0, overrides=[dashed(by_regex("^.* target$"))]),
         timeseries(
             "Policy input vs thresholds",
             "The overall utilization signal each pool's scaling policy acts on (reserved "
@@ -102,18 +102,19 @@ def build() -> Dashboard:
             "percentunit", min_value=0, max_value=1),
         timeseries(
             "Decisions per interval by action and reason",
-            "Scaling decisions per query interval, stacked by action "
-            "and reason; maintain decisions show why the pool did not change.",
-            [target(f"sum by (action, reason) ({increase(m.SCALING_DECISIONS)})",
+            "Scaling decisions made in each query interval (the counter's exact difference "
+            "from the previous step: no overlap, no extrapolation), stacked by action and "
+            "reason; maintain decisions show why the pool did not change.",
+            [target(count_per_interval(m.SCALING_DECISIONS, "action, reason"),
                     "{{action}}: {{reason}}")],
-            "short", stack=True, bars=True),
+            "short", stack=True, bars=True, min_value=0, decimals=0),
         timeseries(
             "Workers added and removed",
-            "Workers added (up, above zero) and removed (down, below zero) by decisions per "
-            "interval.",
-            [target(f"sum by (pool, direction) ({increase(m.SCALING_WORKERS)})",
+            "Workers added (up, above zero) and removed (down, below zero) by decisions in "
+            "each query interval (the counter's exact difference from the previous step).",
+            [target(count_per_interval(m.SCALING_WORKERS, "pool, direction"),
                     "{{pool}} {{direction}}")],
-            "short", w=8, bars=True,
+            "short", w=8, bars=True, decimals=0,
             overrides=[{"matcher": by_regex("^.* down$"),
                         "properties": [{"id": "custom.transform", "value": "negative-Y"}]}]),
         state_timeline(
@@ -127,7 +128,7 @@ def build() -> Dashboard:
             "Pending tasks",
             "Tasks waiting for capacity in each pool.",
             [target(f"sum by (pool) ({sel(m.POOL_TASKS_PENDING)})", "{{pool}}")],
-            "short", w=8),
+            "short", w=8, min_value=0, decimals=0),
     ]
     annotations = [
         prometheus_annotation("Scale up", _scale_events("scale_up"), "green",

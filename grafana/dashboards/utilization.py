@@ -21,7 +21,7 @@ def build() -> Dashboard:
     panels = [
         stat("Active workers",
              "Workers in the active state, summed over the selected pools.",
-             [target(f"sum({active})")], "short"),
+             [target(f"sum({active})")], "short", decimals=0),
         stat("CPU cores",
              "CPU cores the selected workers offer (cgroup limits honoured).",
              [target(f"sum({in_pool(sel(m.WORKER_CPU_CORES))})")], "short"),
@@ -30,7 +30,8 @@ def build() -> Dashboard:
              [target(f"sum({in_pool(sel(m.WORKER_MEMORY_TOTAL))})")], "bytes"),
         stat("GPUs",
              "GPUs on the selected workers (0 when no worker has one).",
-             [target(f"count({in_pool(sel(m.GPU_INFO))}) or vector(0)")], "short"),
+             [target(f"count({in_pool(sel(m.GPU_INFO))}) or vector(0)")], "short",
+             decimals=0),
         stat("Fleet CPU utilization",
              "Measured CPU utilization of the selected workers, weighted by their cores.",
              [target(f"sum({in_pool(used_cores)}) / sum({in_pool(sel(m.WORKER_CPU_CORES))})")],
@@ -66,8 +67,9 @@ def build() -> Dashboard:
             [target(f"topk(10, {in_pool(_CPU)})", "{{worker}}", instant=True)],
             "percentunit", w=6),
         bargauge(
-            "Hottest GPUs",
-            "The ten hottest GPUs now, by core temperature.",
+            "Hottest GPUs (temperature)",
+            "The ten hottest GPUs now, ranked by core temperature (not by utilization, unlike "
+            "'Hottest workers (CPU)'; see 'GPU utilization per worker').",
             [target(f"topk(10, {in_pool(sel(m.GPU_TEMPERATURE))})", "{{worker}}/{{gpu}}",
                     instant=True)],
             "celsius", w=6, max_value=100,

@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
 
 import matplotlib
 import numpy as np
@@ -28,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
@@ -45,6 +47,9 @@ TEXT = "#22252B"
 MUTED = "#6E7580"
 GAP_COLOR = "#EEF0F2"  # grid cells without a sample
 MAX_LEGEND_LABEL = 60
+ROW_LABEL_MAX_PT = 8.0  # heatmap / status-history row labels: shrink from here...
+ROW_LABEL_MIN_PT = 6.0  # ...down to this before labelling only every n-th row
+ROW_LABEL_LEADING = 1.2  # row height needed per label, in font heights
 RC = {
     "font.size": 10, "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 8,
     "axes.edgecolor": "#9AA3AD", "axes.linewidth": 0.8, "axes.labelcolor": TEXT,
@@ -80,7 +85,8 @@ class PanelContext:
 
     def text(self, x_px: float, y_px: float, text: str, **kwargs) -> None:
         """Text placed in pixels from the figure's top left."""
-        self.fig.text(x_px / self.fig_width, 1.0 - y_px / self.fig_height, text, **kwargs)
+        self.fig.text(x_px / self.fig_width, 1.0 - y_px / self.fig_height, plain(text),
+                      **kwargs)
 
     @property
     def panel_type(self) -> str:
@@ -113,6 +119,7 @@ class Grid:
     values: np.ndarray  # rows × columns, NaN where no sample
     labels: list[dict[str, str]]
     formats: list[str]
+    ref_ids: list[str] = dc_field(default_factory=list)  # the query (refId) of each row
 
     @property
     def x(self) -> np.ndarray:  # matplotlib date numbers (days since the 1970 epoch)
@@ -126,7 +133,7 @@ def time_grid(results: Sequence[QueryResult], start: float, end: float) -> Grid:
     first = min((r.start for r in ranged), default=start)
     count = int(math.floor((end - first) / step + 1e-9)) + 1
     times = first + step * np.arange(count)
-    rows, names, labels, formats = [], [], [], []
+    rows, names, labels, formats, refs = [], [], [], [], []
     for result in results:
         for series in result.series:
             row = np.full(count, np.nan)
@@ -139,8 +146,9 @@ def time_grid(results: Sequence[QueryResult], start: float, end: float) -> Grid:
             names.append(series_name(series, result.query.legend_format, result.expr))
             labels.append(series.labels)
             formats.append(result.query.format)
+            refs.append(result.query.ref_id)
     values = np.vstack(rows) if rows else np.empty((0, count))
-    return Grid(names, times, values, labels, formats)
+    return Grid(names, times, values, labels, formats, refs)
 
 
 def reduce_values(values: np.ndarray, calc: str) -> np.ndarray:
@@ -178,25 +186,54 @@ def reduce_values(values: np.ndarray, calc: str) -> np.ndarray:
     return np.where(any_finite, out, np.nan)
 
 
-def instant_values(ctx: PanelContext) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
-    """One (name, value) per series, reduced with the panel's first calc."""
-    names, rows, labels = [], [], []
+def instant_values(ctx: PanelContext) -> tuple[list[str], np.ndarray, list[FieldConfig]]:
+    """One (display name, value, field config) per series, reduced with the panel's first calc;
+    the field config has the overrides that match the series applied."""
+    names, rows, fields = [], [], []
     calc = ctx.field.calcs[0] if ctx.field.calcs else "lastNotNull"
     for result in ctx.results:
         for series in result.series:
-            names.append(series_name(series, result.query.legend_format, result.expr))
-            labels.append(series.labels)
+            name = series_name(series, result.query.legend_format, result.expr)
+            field = ctx.field.for_field(name, result.query.ref_id, series.labels)
+            if field.hide_viz:
+                continue
+            names.append(field.display(name, series.labels))
+            fields.append(field)
             rows.append(float(reduce_values(np.asarray(series.values, dtype=float)[None, :],
                                             calc)[0]) if series.values else math.nan)
-    return names, np.asarray(rows, dtype=float), labels
+    return names, np.asarray(rows, dtype=float), fields
 
 
 def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
 
 
-def _palette(n: int) -> list[str]:
-    return [CLASSIC_PALETTE[i % len(CLASSIC_PALETTE)] for i in range(n)]
+def plain(text: str) -> str:
+    """Text with ``$`` escaped, so "$2 to $4" is not read as matplotlib mathtext."""
+    return text.replace("$", r"\$") if "$" in text and r"\$" not in text else text
+
+
+def text_width(fig: Figure, text: str, size: float, weight: str = "normal") -> float:
+    """The width in pixels ``text`` takes at font ``size`` (points), measured by the renderer."""
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    width, _height, _descent = renderer.get_text_width_height_descent(
+        text, FontProperties(size=size, weight=weight), ismath=False)
+    return float(width)
+
+
+def fit_text(fig: Figure, text: str, size: float, width_px: float,
+             weight: str = "normal") -> str:
+    """``text``, cut with "…" where needed so it is no wider than ``width_px``."""
+    if text_width(fig, text, size, weight) <= width_px:
+        return text
+    lo, hi = 1, len(text) - 1  # the longest prefix that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if text_width(fig, shorten(text, mid), size, weight) <= width_px:
+            lo = mid
+        else:
+            hi = mid - 1
+    return shorten(text, lo)
 
 
 def _darken(color: str, amount: float = 0.2) -> tuple[float, float, float]:
@@ -204,9 +241,27 @@ def _darken(color: str, amount: float = 0.2) -> tuple[float, float, float]:
     return (r * (1 - amount), g * (1 - amount), b * (1 - amount))
 
 
-def _unit_formatter(field: FieldConfig, end: float) -> ticker.FuncFormatter:
-    return ticker.FuncFormatter(lambda v, _pos: format_value(v, field.unit, field.decimals,
-                                                             now=end))
+class _UnitFormatter(ticker.Formatter):
+    """Axis ticks in the panel's unit; money ticks drop the cents when every tick is whole
+    ("$400", "$800" rather than "$400.00"), as the values in stats and tables keep them."""
+
+    def __init__(self, field: FieldConfig, end: float) -> None:
+        self.field = field
+        self.end = end
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return plain(format_value(x, self.field.unit, self.field.decimals, now=self.end))
+
+    def format_ticks(self, values) -> list[str]:  # type: ignore[override]
+        texts = [self(v, i) for i, v in enumerate(values)]
+        if self.field.decimals is None and all(re.search(r"\.\d\d$", t) is None or
+                                               t.endswith(".00") for t in texts):
+            texts = [t[:-3] if t.endswith(".00") else t for t in texts]
+        return texts
+
+
+def _unit_formatter(field: FieldConfig, end: float) -> ticker.Formatter:
+    return _UnitFormatter(field, end)
 
 
 def _style_axes(ax: Axes) -> None:
@@ -238,9 +293,9 @@ def _legend(ctx: PanelContext, ax: Axes, handles: list, labels: list[str], plot:
         extra = len(shown) - (fits - 1)
         shown_handles = shown_handles[: fits - 1] + [Patch(color="none")]
         shown = shown[: fits - 1] + [f"+{extra} more series"]
-    ax.legend(shown_handles, shown, loc="upper left",
+    ax.legend(shown_handles, [plain(t) for t in shown], loc="upper left",
               bbox_to_anchor=(1.0 + 12 / max(plot.width, 1.0), 1.0), borderaxespad=0.0,
-              frameon=False, handlelength=1.4, handletextpad=0.5, labelspacing=0.25,
+              frameon=False, handlelength=2.0, handletextpad=0.5, labelspacing=0.25,
               fontsize=8, borderpad=0.2)
 
 
@@ -336,59 +391,207 @@ def _area_polygons(x: np.ndarray, tops: np.ndarray, bottoms: np.ndarray
     return polygons, owners
 
 
+def _series_color(field: FieldConfig, index: int, values: np.ndarray) -> str:
+    """A series' colour: a fixed colour, the threshold colour of its last value, or the
+    classic palette by position (Grafana counts hidden and recoloured series too)."""
+    if field.color_mode in ("fixed", "shades") and field.fixed_color:
+        return field.fixed_color
+    if field.color_mode == "thresholds" and field.thresholds_explicit:
+        last = float(reduce_values(values, "lastNotNull")[0])
+        if math.isfinite(last):
+            return field.threshold_color(last)
+    return CLASSIC_PALETTE[index % len(CLASSIC_PALETTE)]
+
+
+def _line_dashes(field: FieldConfig, width: float) -> str | tuple[float, tuple[float, ...]]:
+    """A matplotlib line style for Grafana's ``custom.lineStyle`` (dash lengths in pixels)."""
+    if field.line_style not in ("dash", "dot"):
+        return "solid"
+    pattern = field.dash or ((10.0, 10.0) if field.line_style == "dash" else (0.0, 10.0))
+    if len(pattern) < 2:
+        pattern = (pattern[0] if pattern else 10.0, 10.0)
+    scale = 72.0 / DPI / max(width, 0.1)  # px → points, then per unit of line width
+    if field.line_style == "dot":  # butt caps hide a zero-length dash: draw 1.5 px dots
+        pattern = (max(1.5, pattern[0]), pattern[1])
+    return (0.0, tuple(max(0.1, float(v) * scale) for v in pattern))
+
+
+_LEGEND_DASHES = {"dash": (0.0, (2.0, 1.5)), "dot": (0.0, (0.6, 1.2))}  # × line width 2
+
+
+def _integer_axis(field: FieldConfig, values: np.ndarray) -> bool:
+    """Counts get whole-number ticks: unit ``short`` with 0 decimals, or whole values only."""
+    if field.unit in ("percentunit", "percent", "bytes", "bits", "binBps", "kbytes", "mbytes",
+                      "gbytes", "dateTimeAsIso", "dateTimeFromNow"):
+        return False
+    if field.decimals is not None and field.decimals > 0:
+        return False
+    if field.unit == "short" and field.decimals == 0:
+        return True
+    finite = values[np.isfinite(values)]
+    return bool(finite.size) and bool(np.all(finite == np.round(finite)))
+
+
+@dataclass
+class _Stacks:
+    tops: np.ndarray
+    bottoms: np.ndarray
+    stacked: np.ndarray  # bool per series
+
+
+def _stack(values: np.ndarray, fields: Sequence[FieldConfig]) -> _Stacks:
+    """Grafana's stacking: per stack group, and apart for series drawn below zero."""
+    tops = values.copy()
+    bottoms = np.zeros_like(values)
+    stacked = np.zeros(len(fields), dtype=bool)
+    groups: dict[tuple[str, str, bool], list[int]] = {}
+    for i, field in enumerate(fields):
+        if field.stacking in ("normal", "percent"):
+            key = (field.stack_group, field.stacking, field.transform == "negative-Y")
+            groups.setdefault(key, []).append(i)
+            stacked[i] = True
+    for (_group, mode, _negative), members in groups.items():
+        filled = np.nan_to_num(values[members], nan=0.0)
+        if mode == "percent":
+            totals = np.abs(filled).sum(axis=0)
+            filled = np.divide(filled, totals, out=np.zeros_like(filled), where=totals != 0)
+        cumulative = np.cumsum(filled, axis=0)
+        tops[members] = cumulative
+        bottoms[members] = np.vstack([np.zeros((1, values.shape[1])), cumulative[:-1]])
+    return _Stacks(tops, bottoms, stacked)
+
+
+def _bar_polygons(ctx: PanelContext, plot: Rect, x: np.ndarray, step_days: float,
+                  rows: list[int], fields: Sequence[FieldConfig], values: np.ndarray,
+                  stacks: _Stacks) -> tuple[np.ndarray, list[int], bool]:
+    """Rectangles ``(n, 4, 2)`` for bar series, one per time bucket, with each one's series.
+
+    A stack is one bar per bucket; unstacked bar series stand side by side in the bucket (series
+    drawn below zero pair up with those above), unless that would make them thinner than 2 px.
+    """
+    slots: dict[tuple, int] = {}
+    counters = {False: 0, True: 0}
+    slot_of: dict[int, int] = {}
+    for row in rows:
+        field = fields[row]
+        if stacks.stacked[row]:
+            key: tuple = ("stack", field.stack_group, field.stacking)
+        else:
+            negative = field.transform == "negative-Y"
+            key = ("series", counters[negative])
+            counters[negative] += 1
+        slot_of[row] = slots.setdefault(key, len(slots))
+    n = max(1, len(slots))
+    total = step_days * (min(0.8, max(0.6, ctx.field.bar_width_factor)) if n > 1
+                         else ctx.field.bar_width_factor)
+    span_days = max((ctx.end - ctx.start) / 86400.0, 1e-12)
+    if total / n / span_days * plot.width < 2.0:
+        n, slot_of = 1, dict.fromkeys(rows, 0)
+    width = total / n
+    shift = ctx.field.bar_alignment * total / 2
+    pieces, owners = [], []
+    for row in rows:
+        ok = np.isfinite(values[row]) & (stacks.tops[row] != stacks.bottoms[row])
+        if not ok.any():
+            continue
+        left = x[ok] + shift - total / 2 + width * slot_of[row]
+        right = left + width
+        low, high = stacks.bottoms[row, ok], stacks.tops[row, ok]
+        pieces.append(np.stack([np.column_stack([left, low]), np.column_stack([left, high]),
+                                np.column_stack([right, high]), np.column_stack([right, low])],
+                               axis=1))
+        owners.extend([row] * int(ok.sum()))
+    verts = np.concatenate(pieces) if pieces else np.empty((0, 4, 2))
+    return verts, owners, width / span_days * plot.width >= 4.0
+
+
 def draw_timeseries(ctx: PanelContext) -> None:
-    """Lines (one LineCollection for all series), stacked or filled areas as one PolyCollection."""
+    """Lines (one LineCollection for all series), filled or stacked areas and bars as one
+    PolyCollection each; field overrides style each series."""
     grid = time_grid(ctx.results, ctx.start, ctx.end)
-    field = ctx.field
-    legend_w = min(440.0, max(170.0, ctx.rect.width * 0.26)) if field.legend_show else 0.0
+    panel_field = ctx.field
+    every = [panel_field.for_field(name, ref, labels) for name, ref, labels in
+             zip(grid.names, grid.ref_ids, grid.labels, strict=True)]
+    keep = [i for i, f in enumerate(every) if not f.hide_viz]
+    fields = [every[i] for i in keep]
+    raw = grid.values[keep]
+    names = [fields[k].display(grid.names[i], grid.labels[i]) for k, i in enumerate(keep)]
+    colors = [_series_color(fields[k], i, grid.values[i]) for k, i in enumerate(keep)]
+    legend_w = (min(440.0, max(170.0, ctx.rect.width * 0.26))
+                if panel_field.legend_show else 0.0)
     plot = ctx.rect.inset(left=78, top=4, right=legend_w + (14 if legend_w else 4), bottom=24)
     ax = ctx.axes(plot)
     _style_axes(ax)
-    count, steps = grid.values.shape
-    colors = _palette(count)
+    count, steps = raw.shape
     x = grid.x
-    xs = np.broadcast_to(x, (count, steps))
-    values = grid.values
-    stacked = field.stacking in ("normal", "percent")
-    line_width = max(1.2, field.line_width * 1.25)
-    if stacked:
-        filled = np.nan_to_num(values, nan=0.0)
-        if field.stacking == "percent":
-            totals = filled.sum(axis=0)
-            filled = np.divide(filled, totals, out=np.zeros_like(filled), where=totals != 0)
-        tops = np.cumsum(filled, axis=0)
-        bottoms = np.vstack([np.zeros((1, steps)), tops[:-1]])
-        lines_y = np.where(np.isnan(values), np.nan, tops)  # no line where a series has no data
-    else:
-        lines_y = values
-        tops = bottoms = np.zeros_like(values)
-    alpha = field.fill_opacity / 100 if field.fill_opacity else (0.45 if stacked else 0.0)
-    if alpha:
-        polygons, fills = _area_polygons(x, np.where(np.isnan(values), np.nan, tops if stacked
-                                                     else values), bottoms)
-        ax.add_collection(PolyCollection(polygons, facecolors=[colors[i] for i in fills],
-                                         alpha=alpha, linewidths=0), autolim=False)
-    ax.add_collection(LineCollection(np.stack([xs, lines_y], axis=-1), colors=colors,
-                                     linewidths=line_width), autolim=False)
+    sign = np.array([-1.0 if f.transform == "negative-Y" else 1.0 for f in fields])
+    values = raw * sign[:, None] if count else raw
+    stacks = _stack(values, fields)
+    is_bar = np.array([f.draw_style == "bars" for f in fields], dtype=bool)
+    is_points = np.array([f.draw_style == "points" for f in fields], dtype=bool)
+    widths = [max(1.2, f.line_width * 1.25) for f in fields]
+    alphas = np.array([f.fill_opacity / 100 if f.fill_opacity else
+                       (0.6 if bar else 0.45 if stacked else 0.0)
+                       for f, bar, stacked in zip(fields, is_bar, stacks.stacked, strict=True)])
+    lines_y = np.where(np.isnan(values), np.nan, stacks.tops)
+    faces = np.array([mcolors.to_rgba(c, a) for c, a in zip(colors, alphas, strict=True)])
+    edges = np.array([mcolors.to_rgba(c) for c in colors])
+    area_rows = [i for i in range(count) if alphas[i] > 0 and not is_bar[i] and not is_points[i]]
+    if area_rows:
+        polygons, owners = _area_polygons(x, lines_y[area_rows], stacks.bottoms[area_rows])
+        ax.add_collection(PolyCollection(
+            polygons, facecolors=faces[np.asarray(area_rows)[owners]], linewidths=0),
+            autolim=False)
+    bar_rows = [i for i in range(count) if is_bar[i]]
+    if bar_rows:
+        step_days = (float(grid.times[1] - grid.times[0]) if steps > 1
+                     else (ctx.end - ctx.start) / 100) / 86400.0
+        verts, owners, edged = _bar_polygons(ctx, plot, x, step_days, bar_rows, fields, values,
+                                             stacks)
+        ax.add_collection(PolyCollection(
+            verts, facecolors=faces[owners], edgecolors=edges[owners],
+            linewidths=0.6 if edged else 0.0, zorder=2), autolim=False)
+    line_rows = [i for i in range(count) if not is_bar[i] and not is_points[i]]
+    if line_rows:
+        ax.add_collection(LineCollection(
+            np.stack([np.broadcast_to(x, (len(line_rows), steps)), lines_y[line_rows]], axis=-1),
+            colors=[colors[i] for i in line_rows], linewidths=[widths[i] for i in line_rows],
+            linestyles=[_line_dashes(fields[i], widths[i]) for i in line_rows], zorder=2.5),
+            autolim=False)
     finite = np.isfinite(lines_y)
     padded = np.pad(finite, ((0, 0), (1, 1)), constant_values=False)
     lone = finite & ~padded[:, :-2] & ~padded[:, 2:]  # points no line segment can show
+    lone[is_bar] = False
+    lone[is_points] = finite[is_points]
     if lone.any():
         rows, cols = np.nonzero(lone)
         ax.scatter(x[cols], lines_y[rows, cols], s=10, c=[colors[r] for r in rows],
                    linewidths=0, zorder=3)
     _time_axis(ax, ctx.start, ctx.end)
-    ax.set_ylim(*_y_limits(lines_y, field, include_zero=bool(alpha)))
-    ax.yaxis.set_major_formatter(_unit_formatter(field, ctx.end))
-    ax.yaxis.set_major_locator(_value_locator(field, max(2, int(plot.height // 45))))
+    drawn = [lines_y[~is_bar].ravel()]
+    filled = is_bar | (alphas > 0)
+    if filled.any():
+        drawn += [np.where(np.isnan(values[filled]), np.nan, stacks.tops[filled]).ravel(),
+                  stacks.bottoms[filled].ravel()]
+    ax.set_ylim(*_y_limits(np.concatenate(drawn), panel_field, include_zero=bool(filled.any())))
+    ax.yaxis.set_major_formatter(_unit_formatter(panel_field, ctx.end))
+    integer = (not any(f.stacking == "percent" for f in fields)
+               and _integer_axis(panel_field, values))
+    ax.yaxis.set_major_locator(_value_locator(panel_field, max(2, int(plot.height // 45)),
+                                              integer=integer))
     if legend_w:
-        labels = list(grid.names)
-        if field.legend_calcs:
-            stats = {c: reduce_values(values, c) for c in field.legend_calcs}
-            labels = [name + "  " + "  ".join(
-                f"{c}: {field.format(float(stats[c][i]), now=ctx.end)}" for c in stats)
-                for i, name in enumerate(labels)]
-        handles = [Line2D([], [], color=c, linewidth=2) for c in colors]
+        listed = [i for i in range(count) if not fields[i].hide_legend]
+        labels = [names[i] for i in listed]
+        if panel_field.legend_calcs:
+            stats = {c: reduce_values(raw, c) for c in panel_field.legend_calcs}
+            labels = [names[i] + "  " + "  ".join(
+                f"{c}: {fields[i].format(float(stats[c][i]), now=ctx.end)}" for c in stats)
+                for i in listed]
+        handles = [Patch(facecolor=mcolors.to_rgba(colors[i], max(alphas[i], 0.6)),
+                         edgecolor=colors[i], linewidth=0.8) if is_bar[i]
+                   else Line2D([], [], color=colors[i], linewidth=2,
+                               linestyle=_LEGEND_DASHES.get(fields[i].line_style, "solid"))
+                   for i in listed]
         _legend(ctx, ax, handles, labels, plot, legend_w)
 
 
@@ -408,10 +611,10 @@ class _BinaryLocator(ticker.Locator):
         return list(np.asarray(self._inner.tick_values(vmin / scale, vmax / scale)) * scale)
 
 
-def _value_locator(field: FieldConfig, nbins: int) -> ticker.Locator:
+def _value_locator(field: FieldConfig, nbins: int, integer: bool = False) -> ticker.Locator:
     if field.unit in ("bytes", "bits", "binBps", "kbytes", "mbytes", "gbytes"):
         return _BinaryLocator(nbins)
-    return ticker.MaxNLocator(nbins=nbins)
+    return ticker.MaxNLocator(nbins=nbins, integer=integer)
 
 
 def _heatmap_rows(grid: Grid) -> Grid:
@@ -510,6 +713,21 @@ def _first_number(*candidates: object) -> float:
     return 0.0
 
 
+def row_label_layout(rows: int, height_px: float) -> tuple[float, int]:
+    """(font size in points, label every n-th row) for ``rows`` rows over ``height_px``.
+
+    Every row gets a label, the font shrinking with the rows down to :data:`ROW_LABEL_MIN_PT`;
+    only rows thinner than that font are thinned out.
+    """
+    row_px = height_px / max(rows, 1)
+    size = min(ROW_LABEL_MAX_PT, pt(row_px / ROW_LABEL_LEADING))
+    if size >= ROW_LABEL_MIN_PT:
+        return size, 1
+    per_label = ROW_LABEL_MIN_PT * DPI / 72.0 * ROW_LABEL_LEADING
+    fits = max(1, int(height_px // per_label))
+    return ROW_LABEL_MIN_PT, max(1, math.ceil(rows / fits))
+
+
 def draw_grid(ctx: PanelContext) -> None:
     """status-history, state-timeline and heatmap: one row per series, one column per step."""
     grid = time_grid(ctx.results, ctx.start, ctx.end)
@@ -520,14 +738,23 @@ def draw_grid(ctx: PanelContext) -> None:
             ctx = replace(ctx, field=field)
         else:
             grid = _heatmap_rows(grid)
+    elif len(grid.ref_ids) == len(grid.names):  # display names from the field overrides
+        grid = replace(grid, names=[
+            field.for_field(name, ref, labels).display(name, labels)
+            for name, ref, labels in zip(grid.names, grid.ref_ids, grid.labels, strict=True)])
     values = grid.values
     rows = len(grid.names)
-    label_chars = max((len(n) for n in grid.names), default=4)
-    label_w = min(ctx.rect.width * 0.28, max(40.0, min(label_chars, 48) * 6.2 + 10))
     value_colors = field.value_colors()
     finite = values[np.isfinite(values)]
     mapped_only = bool(value_colors) and np.isin(finite, [v for v, _, _ in value_colors]).all()
     side_w = 150.0 if mapped_only else 86.0
+    plot_height = max(1.0, ctx.rect.height - 4 - 24)
+    size, every = row_label_layout(rows, plot_height)
+    ticks = list(range(0, rows, every))
+    names = [shorten(grid.names[i], 48) for i in ticks]
+    measured = max((text_width(ctx.fig, n, size) for n in names), default=0.0)
+    label_w = min(ctx.rect.width * 0.28, max(40.0, measured + 10))
+    names = [fit_text(ctx.fig, n, size, label_w - 10) for n in names]
     plot = ctx.rect.inset(left=label_w, top=4, right=side_w, bottom=24)
     ax = ctx.axes(plot)
     lo, hi = _value_range(ctx, values)
@@ -557,12 +784,12 @@ def draw_grid(ctx: PanelContext) -> None:
               extent=(x[0] - half, x[-1] + half, rows - 0.5, -0.5))
     _time_axis(ax, ctx.start, ctx.end)
     ax.set_xlim(max(ax.get_xlim()[0], x[0] - half), x[-1] + half)
-    fits = max(1, int(plot.height // 13))
-    every = max(1, math.ceil(rows / fits))
-    ticks = list(range(0, rows, every))
     ax.set_yticks(ticks)
-    ax.set_yticklabels([shorten(grid.names[i], 48) for i in ticks], fontsize=8)
-    ax.tick_params(axis="y", length=0)
+    ax.set_yticklabels([plain(n) for n in names], fontsize=size)
+    ax.tick_params(axis="y", length=0, pad=3)
+    if every > 1:
+        ctx.text(ctx.rect.left, ctx.rect.bottom, f"1 label per {every} rows", ha="left",
+                 va="bottom", fontsize=6.5, color=MUTED)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     if mapped_only:
@@ -574,6 +801,8 @@ def draw_grid(ctx: PanelContext) -> None:
     cax = ctx.axes(bar)
     colorbar = ctx.fig.colorbar(mappable, cax=cax)
     colorbar.ax.yaxis.set_major_formatter(_unit_formatter(field, ctx.end))
+    if _integer_axis(field, finite):
+        colorbar.ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     colorbar.ax.tick_params(labelsize=8)
     colorbar.outline.set_edgecolor(BORDER)
 
@@ -602,7 +831,7 @@ def _value_color(field: FieldConfig, value: float, lo: float, hi: float) -> str:
 
 
 def draw_stat(ctx: PanelContext) -> None:
-    names, values, _labels = instant_values(ctx)
+    names, values, fields = instant_values(ctx)
     limit = 24
     shown = min(len(values), limit)
     cols, rows = _stat_grid(shown, ctx.rect.width, ctx.rect.height - (14 if len(values) > limit
@@ -618,8 +847,8 @@ def draw_stat(ctx: PanelContext) -> None:
         left = ctx.rect.left + col * cell_w
         top = ctx.rect.top + row * cell_h
         value = float(values[i])
-        text = ctx.field.format(value, now=ctx.end)
-        color = _value_color(ctx.field, value, lo, hi)
+        text = fields[i].format(value, now=ctx.end)
+        color = _value_color(fields[i], value, lo, hi)
         if background:
             cell = Rect(left + 2, top + 2, cell_w - 4, cell_h - 4)
             fl, fb, fw, fh = cell.figure_fraction(ctx.fig_width, ctx.fig_height)
@@ -646,30 +875,36 @@ def draw_stat(ctx: PanelContext) -> None:
 
 
 def draw_bargauge(ctx: PanelContext) -> None:
-    names, values, _labels = instant_values(ctx)
+    names, values, fields = instant_values(ctx)
     field = ctx.field
     fits = max(1, int(ctx.rect.height // 20))
     more = len(values) - fits if len(values) > fits else 0
     count = len(values) - more
-    names, values = names[:count], values[:count]
+    names, values, fields = names[:count], values[:count], fields[:count]
     finite = values[np.isfinite(values)]
     lo = field.min if field.min is not None else min(0.0, float(finite.min()) if finite.size
                                                      else 0.0)
     hi = field.max if field.max is not None else (float(finite.max()) if finite.size else 1.0)
     if hi <= lo:
         hi = lo + 1.0
-    texts = [field.format(float(v), now=ctx.end) for v in values]
-    label_w = min(ctx.rect.width * 0.35, max(40.0, max(len(n) for n in names) * 6.2 + 8))
-    value_w = max(50.0, max(len(t) for t in texts) * 7.2 + 10)
+    texts = [f.format(float(v), now=ctx.end) for f, v in zip(fields, values, strict=True)]
+    # label and value columns as wide as their longest text measures (tick pad: 3 pt ≈ 4 px)
+    names = [shorten(n, MAX_LEGEND_LABEL) for n in names]
+    label_w = min(ctx.rect.width * 0.4,
+                  max(40.0, max(text_width(ctx.fig, n, 9) for n in names) + 10))
+    names = [fit_text(ctx.fig, n, 9, label_w - 10) for n in names]
+    value_w = max(50.0, max(text_width(ctx.fig, t, 9.5, "bold") for t in texts) + 16)
     plot = ctx.rect.inset(left=label_w, right=value_w, bottom=14 if more else 0)
     ax = ctx.axes(plot)
     positions = np.arange(count)
-    if field.color_mode == "fixed" and field.fixed_color:
-        colors = [field.fixed_color] * count
-    elif field.color_mode in ("palette-classic", "palette-classic-by-name"):
-        colors = _palette(count)
-    else:
-        colors = [_value_color(field, float(v), lo, hi) for v in values]
+    colors = []
+    for i, (f, v) in enumerate(zip(fields, values, strict=True)):
+        if f.color_mode in ("fixed", "shades") and f.fixed_color:
+            colors.append(f.fixed_color)
+        elif f.color_mode in ("palette-classic", "palette-classic-by-name"):
+            colors.append(CLASSIC_PALETTE[i % len(CLASSIC_PALETTE)])
+        else:
+            colors.append(_value_color(f, float(v), lo, hi))
     ax.barh(positions, np.full(count, hi - lo), left=lo, height=0.72, color="#F1F3F5")
     ax.barh(positions, np.nan_to_num(values - lo, nan=0.0), left=lo, height=0.72,
             color=colors)
@@ -677,13 +912,13 @@ def draw_bargauge(ctx: PanelContext) -> None:
     slots = max(count, plot.height / 40)  # bars no thicker than ~30 px, from the top
     ax.set_ylim(slots - 0.5, -0.5)
     ax.set_yticks(positions)
-    ax.set_yticklabels([shorten(n, int(label_w / 6.2)) for n in names], fontsize=9)
-    ax.tick_params(axis="y", length=0)
+    ax.set_yticklabels([plain(n) for n in names], fontsize=9)
+    ax.tick_params(axis="y", length=0, pad=3)
     ax.set_xticks([])
     for side in ax.spines.values():
         side.set_visible(False)
     for i, text in enumerate(texts):
-        ax.annotate(text, (1.0, i), xycoords=("axes fraction", "data"), xytext=(6, 0),
+        ax.annotate(plain(text), (1.0, i), xycoords=("axes fraction", "data"), xytext=(6, 0),
                     textcoords="offset points", va="center", ha="left", fontsize=9.5,
                     fontweight="bold", color=_darken(colors[i], 0.2))
     if more:
@@ -697,10 +932,12 @@ def _table_columns(ctx: PanelContext) -> tuple[list[str], list[list[str]], list[
     label_keys: list[str] = []
     rows: dict[tuple, dict[str, str]] = {}
     value_cols: list[str] = []
+    fields: dict[str, FieldConfig] = {}  # per value column, overrides by column name or refId
     for result in ctx.results:
         column = f"Value #{result.query.ref_id}" if multiple else "Value"
         if column not in value_cols:
             value_cols.append(column)
+            fields[column] = ctx.field.for_field(column, result.query.ref_id)
         for series in result.series:
             labels = {k: v for k, v in series.labels.items() if k != "__name__"}
             for key in labels:
@@ -708,7 +945,7 @@ def _table_columns(ctx: PanelContext) -> tuple[list[str], list[list[str]], list[
                     label_keys.append(key)
             row = rows.setdefault(tuple(sorted(labels.items())), dict(labels))
             value = series.values[-1] if series.values else math.nan
-            row[column] = ctx.field.format(value, now=ctx.end)
+            row[column] = fields[column].format(value, now=ctx.end)
             row["\0" + column] = value  # type: ignore[assignment]  # raw value for sorting
     columns = sorted(label_keys) + value_cols
     organize = {}
@@ -719,7 +956,8 @@ def _table_columns(ctx: PanelContext) -> tuple[list[str], list[list[str]], list[
     columns = [c for c in columns if c not in excluded]
     index = organize.get("indexByName") or {}
     if index:
-        columns.sort(key=lambda c: index.get(c, len(columns) + columns.index(c)))
+        position = {c: i for i, c in enumerate(columns)}  # list.sort empties the list meanwhile
+        columns.sort(key=lambda c: (index.get(c, len(position) + position[c])))
     ordered = list(rows.values())
     for sort in (ctx.field.options.get("sortBy") or [])[:1]:
         key = sort.get("displayName")
@@ -727,7 +965,8 @@ def _table_columns(ctx: PanelContext) -> tuple[list[str], list[list[str]], list[
         if raw:
             ordered.sort(key=lambda r, k=raw: _sort_key(r.get(k)), reverse=bool(sort.get("desc")))
     renames = organize.get("renameByName") or {}
-    headers = [renames.get(c) or c for c in columns]
+    headers = [renames.get(c) or (fields.get(c) or ctx.field.for_field(c)).display(c)
+               for c in columns]
     return headers, [[str(r.get(c, "")) for c in columns] for r in ordered], columns
 
 
@@ -776,9 +1015,11 @@ def draw_table(ctx: PanelContext) -> None:
 
 
 def draw_piechart(ctx: PanelContext) -> None:
-    names, values, _labels = instant_values(ctx)
+    names, values, all_fields = instant_values(ctx)
     keep = np.isfinite(values) & (values > 0)
     names = [n for n, k in zip(names, keep, strict=True) if k]
+    fields = [f for f, k in zip(all_fields, keep, strict=True) if k]
+    palette = [CLASSIC_PALETTE[i % len(CLASSIC_PALETTE)] for i in np.flatnonzero(keep)]
     values = values[keep]
     if not values.size:
         draw_message(ctx, "All values are 0", "a pie chart needs a positive value")
@@ -786,7 +1027,8 @@ def draw_piechart(ctx: PanelContext) -> None:
     side = min(ctx.rect.height, ctx.rect.width * 0.5)
     pie_rect = Rect(ctx.rect.left + 6, ctx.rect.top + (ctx.rect.height - side) / 2, side, side)
     ax = ctx.axes(pie_rect)
-    colors = _palette(len(values))
+    colors = [f.fixed_color if f.color_mode in ("fixed", "shades") and f.fixed_color else c
+              for f, c in zip(fields, palette, strict=True)]
     donut = ctx.field.options.get("pieType") == "donut"
     wedges, _ = ax.pie(values, colors=colors, startangle=90, counterclock=False,
                        wedgeprops={"linewidth": 1, "edgecolor": "white",
@@ -795,8 +1037,9 @@ def draw_piechart(ctx: PanelContext) -> None:
     total = float(values.sum())
     legend_w = ctx.rect.right - pie_rect.right - 16
     chars = max(8, int(legend_w / 6.3) - 18)
-    labels = [f"{shorten(n, chars)}  {ctx.field.format(float(v), now=ctx.end)}"
-              f"  ({100 * v / total:.1f}%)" for n, v in zip(names, values, strict=True)]
+    labels = [plain(f"{shorten(n, chars)}  {f.format(float(v), now=ctx.end)}"
+                    f"  ({100 * v / total:.1f}%)")
+              for n, v, f in zip(names, values, fields, strict=True)]
     fits = max(1, int((ctx.rect.height - 8) // 14))
     handles: list = list(wedges)
     if len(labels) > fits:

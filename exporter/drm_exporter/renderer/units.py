@@ -75,6 +75,14 @@ def _scaled(x: float, base: int, suffixes: tuple[str, ...], decimals: int | None
     return _number(x, decimals) + suffixes[i]
 
 
+def _money(x: float, decimals: int | None) -> str:
+    """An amount as money is written: cents from $1 to $999.99 ("$2.00", "$12.50"); below $1
+    the significant digits of :func:`_number` ("$0.0926"); K/M/B above."""
+    if decimals is None and 1 <= round(x, 2) < 1000:
+        return f"{x:.2f}"
+    return _scaled(x, 1000, _CURRENCY, decimals)
+
+
 def _si(x: float, unit: str, decimals: int | None) -> str:
     i = 4
     if x != 0:
@@ -137,7 +145,7 @@ def format_value(value: float | None, unit: str | None = None, decimals: int | N
         return _scaled(x, base, suffixes, decimals)
     if unit in _CURRENCY_SYMBOLS:
         sign = "-" if x < 0 else ""
-        return sign + _CURRENCY_SYMBOLS[unit] + _scaled(abs(x), 1000, _CURRENCY, decimals)
+        return sign + _CURRENCY_SYMBOLS[unit] + _money(abs(x), decimals)
     if unit in _TIME_BASE:
         return _duration(x * _TIME_BASE[unit], decimals)
     if unit == "dateTimeAsIso":
@@ -160,7 +168,7 @@ def format_value(value: float | None, unit: str | None = None, decimals: int | N
         if kind == "si":
             return _si(x, custom, decimals)
         if kind == "currency":
-            return custom + _scaled(x, 1000, _CURRENCY, decimals)
+            return ("-" if x < 0 else "") + custom + _money(abs(x), decimals)
         if kind == "count":
             return _scaled(x, 1000, _SHORT, decimals) + " " + custom
     return f"{_number(x, decimals)} {unit}"
