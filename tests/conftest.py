@@ -17,6 +17,13 @@ def spec(worker: str, pool: str = "cpu", cores: float = 8, mem_gib: int = 32, gp
                       mem_gib * GIB, gpus)
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` keeps its state under $XDG_STATE_HOME unless told otherwise (docs/state.md):
+    a test's `serve` must neither touch the user's nor share one with another test."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import sys
 import time
 import urllib.request
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from drm_exporter import metrics
 from drm_exporter.config import Config, CostConfig, SimulatorConfig
+from drm_exporter.hooks import HookConfig
 from drm_exporter.scaling import PoolPolicy
 from drm_exporter.service import Service
 from drm_exporter.simulator import SimulatorSettings
@@ -25,7 +27,10 @@ def svc():
     cfg = Config(listen_address="127.0.0.1:0", tick_interval_s=0.1,
                  pools={"cpu": fast, "gpu": fast},
                  simulator=SimulatorConfig(True, SimulatorSettings(seed=3)),
-                 cost=CostConfig(budgets_usd={"aws": 250.0}))
+                 cost=CostConfig(budgets_usd={"aws": 250.0}),
+                 # a hook that accepts everything, so the hook families are produced
+                 hooks={"cpu": HookConfig(command=(sys.executable, "-c",
+                                                   "import sys; sys.stdin.read()"))})
     s = Service(cfg)
     s.start()
     deadline = time.monotonic() + 10

@@ -9,6 +9,7 @@ request changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .engine import Engine, UnknownWorker, WorkerView
+from .explain import explain, state_from_view
 from .fleet import GpuReading, Usage, WorkerSpec
 from .reservations import InsufficientCapacity, Reservation, ReservationError
 
@@ -203,6 +205,16 @@ Handler = Callable[["Api", dict[str, str], Any, dict[str, str]], tuple[int, Any]
 
 
 @dataclass(frozen=True)
+class QueryParam:
+    """An optional query parameter, for the OpenAPI document."""
+    name: str
+    type: str  # "number" or "integer"
+    description: str
+    minimum: float
+    maximum: float
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     template: str  # /api/v1/workers/{worker}
@@ -210,6 +222,7 @@ class Route:
     summary: str
     body: str | None = None  # schema name in the OpenAPI document
     ok: int = 200
+    query: tuple[QueryParam, ...] = ()
 
     @property
     def write(self) -> bool:
@@ -326,14 +339,37 @@ class Api:
             out.append({
                 "pool": p.pool, "workers": p.workers_by_state, "target_workers": p.target_workers,
                 "tasks_pending": p.tasks_pending, "utilization": p.utilization,
+                "tasks_pending_mean": p.tasks_pending_mean,
                 "cooldown_active": p.cooldown_active,
-                "policy": None if pol is None else {
-                    k: getattr(pol, k) for k in ("scale_up", "scale_down", "target",
-                                                 "cooldown_up_s", "cooldown_down_s",
-                                                 "min_workers", "max_workers", "max_step",
-                                                 "evaluation_interval_s")},
+                # The whole policy, so `policy explain --coordinator` can reproduce a decision.
+                "policy": None if pol is None else dataclasses.asdict(pol),
             })
         return 200, {"pools": out}
+
+    def explain_pool(self, p: dict[str, str], _: Any, q: dict[str, str]) -> tuple[int, Any]:
+        """A dry run of the pool's policy on its current state (what the next evaluation
+        would decide, and why), optionally with some inputs replaced. Changes nothing."""
+        pool = _path_name(p["pool"], "pool")
+        _only(q, {x.name for x in EXPLAIN_QUERY})
+        view = next((v for v in self.engine.view().pools if v.pool == pool), None)
+        if view is None or view.policy is None:
+            raise ApiError(404, "pool", f"pool {pool!r} has no scaling policy")
+        given: dict[str, Any] = {}
+        for k, v in q.items():
+            try:
+                given[k] = float(v)
+            except ValueError:
+                raise ApiError(400, k, f"{k} must be a number, got {v[:32]!r}") from None
+        bounds = {x.name: x for x in EXPLAIN_QUERY}
+
+        def arg(name: str) -> Any:
+            b = bounds[name]
+            return _number(given, name, b.minimum, b.maximum, required=False,
+                           integer=b.type == "integer")
+
+        state = state_from_view(view).overridden(
+            utilization=arg("utilization"), active=arg("workers"), pending=arg("pending"))
+        return 200, explain(pool, view.policy, state).to_json()
 
     def put_pending(self, p: dict[str, str], body: Any, _: dict[str, str]) -> tuple[int, Any]:
         pool = _path_name(p["pool"], "pool")
@@ -367,6 +403,12 @@ def _bind(name: str) -> Handler:
     return lambda api, params, body, query: getattr(api, name)(params, body, query)
 
 
+EXPLAIN_QUERY = (
+    QueryParam("utilization", "number", "overall signal instead of the pool's", 0, 1),
+    QueryParam("workers", "integer", "active workers instead of the pool's", 0, 10**6),
+    QueryParam("pending", "number", "mean pending tasks instead of the pool's", 0, 10**9),
+)
+
 W = f"{API_PREFIX}/workers"
 ROUTES: tuple[Route, ...] = (
     Route("GET", W, _bind("list_workers"), "List workers (optionally ?pool=)"),
@@ -386,6 +428,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{API_PREFIX}/pools", _bind("list_pools"), "Pools: workers, policy, signal"),
     Route("PUT", f"{API_PREFIX}/pools/{{pool}}/pending", _bind("put_pending"),
           "Set the pool's pending task count (the coordinator's queue)", "Pending"),
+    Route("GET", f"{API_PREFIX}/pools/{{pool}}/explain", _bind("explain_pool"),
+          "Dry-run the pool's scaling policy on its current state: the decision and the "
+          "reasoning; query values replace inputs", query=EXPLAIN_QUERY),
     Route("GET", f"{API_PREFIX}/scaling/history", _bind("history"),
           "Recent scaling decisions (?pool=, ?limit=)"),
     Route("GET", f"{API_PREFIX}/openapi.json", _bind("openapi"), "This document"),

@@ -1,9 +1,10 @@
-"""The `drm-exporter` command: serve, render, dashboards, demo."""
+"""The `drm-exporter` command: serve, render, dashboards, demo, policy explain."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,7 +38,9 @@ def parse_duration(text: str) -> float:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .config import resolve_state_file
     from .service import Service
+    from .state import StateError
 
     cfg = load_config_file(args.config) if args.config else Config()
     if args.listen_address:
@@ -53,7 +56,18 @@ def _serve(args: argparse.Namespace) -> int:
             settings=settings))
     if args.host_worker is not None:
         cfg = replace(cfg, host_worker=replace(cfg.host_worker, enabled=args.host_worker))
-    svc = Service(cfg)
+    if args.no_state:
+        cfg = replace(cfg, state_file="")
+    elif args.state_file is not None:
+        cfg = replace(cfg, state_file=str(args.state_file))
+    state_file = resolve_state_file(cfg, os.environ)
+    cfg = replace(cfg, state_file=str(state_file) if state_file else "")
+    try:
+        svc = Service(cfg, reset_state=args.reset_state)
+    except StateError as e:
+        hint = " (--reset-state moves it aside and starts empty)" if e.movable else ""
+        print(f"drm-exporter: state file {e}{hint}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -62,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"drm-exporter: cannot listen on {cfg.listen_address}: {e.strerror}",
               file=sys.stderr)
+        svc.engine.close()
         return 1
     assert svc.http is not None
     log.info("serving /metrics on %s://%s:%d (simulator %s, host worker %s)", svc.http.scheme,
@@ -71,6 +86,11 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("basic auth %s; API write endpoints %s",
              "on" if svc.web.basic_auth else "off",
              f"need the token from {svc.token_source}" if svc.api_token else "are open")
+    if state_file:
+        log.info("state file %s: %d workers, %d reservations", state_file,
+                 len(svc.engine.workers()), len(svc.engine.reservations()))
+    else:
+        log.info("no state file: a restart forgets workers, reservations, cost and counters")
     stop.wait()
     log.info("stopping")
     svc.stop()
@@ -141,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--simulate", action=argparse.BooleanOptionalAction, default=None,
                    help="run the seeded simulated fleet (default: from config, else off)")
     s.add_argument("--seed", type=int, help="simulator seed")
+    st = s.add_mutually_exclusive_group()
+    st.add_argument("--state-file", type=Path, metavar="PATH",
+                    help="SQLite file that keeps workers, reservations, cost and scaling "
+                    "counters across restarts (default: state_file in --config, else "
+                    "$XDG_STATE_HOME/drm-exporter/state.db or "
+                    "~/.local/state/drm-exporter/state.db; docs/state.md)")
+    st.add_argument("--no-state", action="store_true",
+                    help="keep everything in memory only: a restart forgets the fleet")
+    s.add_argument("--reset-state", action="store_true",
+                   help="if the state file is corrupt or unreadable, move it aside to "
+                   "<name>.corrupt-<timestamp> and start empty (a healthy file is kept)")
     s.add_argument("--host-worker", action=argparse.BooleanOptionalAction, default=None,
                    help="report this machine as a worker (default on)")
     s.set_defaults(fn=_serve)
@@ -169,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .agent import add_agent_parser
 
     add_agent_parser(sub)
+
+    from .explain import add_policy_parser
+
+    add_policy_parser(sub)
 
     g = sub.add_parser("docs", help="generate docs/metrics.md from the metric contract",
                        description="Write the metrics reference (every family, type, labels, "

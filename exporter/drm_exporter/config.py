@@ -16,6 +16,10 @@
       prices: [{provider: aws, instance_type: m5.2xlarge, usd_per_hour: 0.384, region: "*"}]
     api: {token: ""}             # DRM_EXPORTER_API_TOKEN, when set, wins
     web_config_file: web.yml     # TLS and basic auth (exporter-toolkit format, webconfig.py)
+    state_file: state.db         # default $XDG_STATE_HOME/drm-exporter/state.db; "" = memory only
+    hooks:                       # per pool, exactly one of url / command (hooks.py)
+      gpu: {url: "http://provisioner:8080/scale", timeout_s: 5, retries: 3, backoff_s: 1,
+            headers: {Authorization: "Bearer ..."}, queue_size: 100}
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from typing import Any, Literal
 import yaml
 
 from .engine import EngineSettings
+from .hooks import HookConfig
 from .prices import Price
 from .scaling import PoolPolicy
-from .simulator import SimulatorSettings
+from .simulator import POOL_SHAPES, SimulatorSettings
 
 DEFAULT_PORT = 9847
 DEFAULT_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -103,6 +108,24 @@ def api_token(api: ApiConfig, environ: Mapping[str, str]) -> str:
     return environ.get(API_TOKEN_ENV) or api.token
 
 
+def default_state_file(environ: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/drm-exporter/state.db, else ~/.local/state/drm-exporter/state.db (the
+    XDG base directory spec's place for state that should survive a restart)."""
+    base = environ.get("XDG_STATE_HOME")
+    # The spec ignores a relative value; so do we.
+    root = Path(base) if base and Path(base).is_absolute() else \
+        Path(environ.get("HOME") or Path.home()) / ".local" / "state"
+    return root / "drm-exporter" / "state.db"
+
+
+def resolve_state_file(cfg: Config, environ: Mapping[str, str]) -> Path | None:
+    """Where `serve` keeps its state: the configured file, the default location when none is
+    configured, or None (memory only) for ""."""
+    if cfg.state_file is None:
+        return default_state_file(environ)
+    return Path(cfg.state_file).expanduser() if cfg.state_file else None
+
+
 @dataclass(frozen=True)
 class Config:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
@@ -115,11 +138,21 @@ class Config:
     cost: CostConfig = field(default_factory=CostConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     web_config_file: str = ""  # relative to the config file's folder
+    # The state file (docs/state.md), relative to the config file's folder; None: the default
+    # location, filled in by `serve` (see resolve_state_file); "": memory only.
+    state_file: str | None = None
+    hooks: dict[str, HookConfig] = field(default_factory=dict)  # pool -> where decisions go
 
     def __post_init__(self) -> None:
         if self.tick_interval_s <= 0:
             raise ValueError("tick_interval_s must be > 0")
         parse_listen_address(self.listen_address)
+        # A hook on a pool nobody scales would never fire: almost surely a typo.
+        scaled = set(self.pools) | (set(POOL_SHAPES) if self.simulator.enabled else set())
+        for pool in self.hooks:
+            if pool not in scaled:
+                raise FieldError(("hooks", pool), f"pool {pool!r} has no scaling policy (known: "
+                                 f"{', '.join(sorted(scaled)) or 'none'}); add it under pools")
 
 
 def parse_listen_address(addr: str) -> tuple[str, int]:
@@ -212,7 +245,10 @@ class _Builder:
 
     def _dataclass(self, tp: Any, node: yaml.Node, key: str) -> Any:
         if _is_null(node):
-            return tp()
+            try:
+                return tp()
+            except ValueError as e:  # a dataclass whose defaults are not enough (a hook)
+                self.fail(node, key or "(top level)", str(e))
         if not isinstance(node, yaml.MappingNode):
             self.fail(node, key or "(top level)", "expected a mapping")
         hints = typing.get_type_hints(tp)
@@ -295,4 +331,6 @@ def load_config_file(path: Path) -> Config:
     if cfg.web_config_file and not Path(cfg.web_config_file).is_absolute():
         # like the paths in prometheus.yml: relative to the file that names them
         cfg = dataclasses.replace(cfg, web_config_file=str(path.parent / cfg.web_config_file))
+    if cfg.state_file and not Path(cfg.state_file).expanduser().is_absolute():
+        cfg = dataclasses.replace(cfg, state_file=str(path.parent / cfg.state_file))
     return cfg

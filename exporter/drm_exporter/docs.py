@@ -28,5 +28,6 @@ def metrics_markdown() -> str:
             "`overall` is the bottleneck, the largest of the others the pool has",
             f"- `threshold`: {', '.join(m.THRESHOLDS)}",
             f"- `action`: {', '.join(m.ACTIONS)}; `direction`: {', '.join(m.DIRECTIONS)}",
+            f"- `outcome` ({m.SCALING_HOOK_DELIVERIES.name}): {', '.join(m.HOOK_OUTCOMES)}",
             ""]
     return "\n".join(out)

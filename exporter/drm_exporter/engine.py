@@ -7,10 +7,12 @@ same public methods; nothing here knows who is calling. All state sits behind on
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from . import metrics
 from .clock import Clock, SystemClock
@@ -28,6 +30,7 @@ from .reservations import (
     validate_request,
 )
 from .scaling import Decision, PoolPolicy, PoolSignal, evaluate
+from .state import PoolRecord, State, StateStore, WorkerRecord
 
 
 class UnknownWorker(KeyError):
@@ -82,6 +85,26 @@ class _PoolRuntime:
                 for reason in reasons:
                     self.decisions[(action, reason)] = 0
 
+    def record(self, name: str, now: float, mono: float) -> PoolRecord:
+        """What the state file keeps; monotonic deadlines become unix times."""
+        return PoolRecord(
+            name, self.tasks_pending, self.target_workers, dict(self.decisions),
+            dict(self.workers_changed), dict(self.last_decision_ts), self.workers_expired,
+            self.reservations_expired,
+            {d: now + (m - mono) for d, m in self.cooldown_until.items()},
+            tuple(now + (t - mono) for t in self.provisioning))
+
+    def restore(self, rec: PoolRecord, now: float, mono: float) -> None:
+        self.tasks_pending, self.target_workers = rec.tasks_pending, rec.target_workers
+        self.decisions.update(rec.decisions)
+        self.workers_changed.update(rec.workers_changed)
+        self.last_decision_ts.update(rec.last_decision_ts)
+        self.workers_expired = rec.workers_expired
+        self.reservations_expired = rec.reservations_expired
+        # A cooldown keeps its unix deadline across the restart: downtime counts towards it.
+        self.cooldown_until.update({d: mono + (t - now) for d, t in rec.cooldown_until.items()})
+        self.provisioning = [mono + (t - now) for t in rec.provisioning]
+
 
 @dataclass(frozen=True)
 class WorkerView:
@@ -94,6 +117,7 @@ class WorkerView:
     memory_allocated: int
     gpus_allocated: frozenset[int]
     tasks_running: int
+    registered_at: float = 0.0  # unix
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,8 @@ class PoolView:
     last_decision_ts: dict[str, float]
     workers_expired: int
     reservations_expired: int
+    # The policy's pending input: tasks_pending averaged over the evaluation window.
+    tasks_pending_mean: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -123,7 +149,8 @@ class FleetView:
     taken_at: float
     workers: tuple[WorkerView, ...]
     pools: tuple[PoolView, ...]
-    cost_usd: dict[tuple[str, str, str, str], float]  # provider, region, instance_type, pool
+    # provider, region, instance_type, pool; as of the last tick (what the state file holds)
+    cost_usd: dict[tuple[str, str, str, str], float]
     prices: dict[tuple[str, str, str, str], float]  # provider, region, instance_type, source
     unpriced: dict[tuple[str, str], int]  # provider, instance_type
     budgets_usd: dict[str, float]
@@ -132,7 +159,10 @@ class FleetView:
 class Engine:
     def __init__(self, policies: dict[str, PoolPolicy] | None = None,
                  settings: EngineSettings | None = None, prices: PriceBook | None = None,
-                 budgets_usd: dict[str, float] | None = None, clock: Clock | None = None) -> None:
+                 budgets_usd: dict[str, float] | None = None, clock: Clock | None = None,
+                 store: StateStore | None = None) -> None:
+        """With a `store`, everything it holds is restored now and every change that must
+        survive a kill -9 is written to it under the lock; without one, memory only."""
         self._clock = clock or SystemClock()
         self._settings = settings or EngineSettings()
         self._prices = prices or PriceBook()
@@ -146,7 +176,14 @@ class Engine:
                                + policy.evaluation_interval_s)
             for name, policy in (policies or {}).items()}
         self._cost: dict[tuple[str, str, str, str], float] = {}
+        self._cost_dirty: set[tuple[str, str, str, str]] = set()
+        # The cost as of the last flush is what view() shows: a scrape never sees more than
+        # a restart after kill -9 brings back, so the counter never goes down.
+        self._cost_flushed: dict[tuple[str, str, str, str], float] = {}
         self._history: deque[HistoryEntry] = deque(maxlen=self._settings.history_size)
+        self._store = store
+        if store is not None:
+            self._restore(store.load())
 
     @property
     def clock(self) -> Clock:
@@ -158,6 +195,58 @@ class Engine:
             rt = self._pools[name] = _PoolRuntime(None)
         return rt
 
+    # --- the state file --------------------------------------------------------------------
+    # Each change is written before memory is touched (or, for a decision, undone in memory
+    # when the write fails), so the file and memory never disagree.
+    def _restore(self, state: State) -> None:
+        now, mono = self._clock.time(), self._clock.monotonic()
+        for rec in state.workers:
+            # Restored workers count as having reported at the restart: up for one heartbeat
+            # timeout, then expired as usual if they never report again. The downtime is not
+            # billed: nobody saw them running.
+            self._workers[rec.spec.worker] = Worker(rec.spec, rec.state, rec.registered_at,
+                                                    now, mono, mono)
+            self._pool(rec.spec.pool)
+        for r in state.reservations:
+            apply(self._workers[r.worker], r)
+            self._reservations[r.task_id] = r
+        self._cost.update(state.cost_usd)
+        self._cost_flushed = dict(self._cost)
+        for name, prec in state.pools.items():
+            self._pool(name).restore(prec, now, mono)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[StateStore | None]:
+        if self._store is None:
+            yield None
+        else:
+            with self._store.transaction():
+                yield self._store
+
+    def _pool_record(self, name: str, rt: _PoolRuntime) -> PoolRecord:
+        return rt.record(name, self._clock.time(), self._clock.monotonic())
+
+    def _flush_cost(self) -> None:
+        if self._store is not None and self._cost_dirty:
+            self._store.put_cost({k: self._cost[k] for k in self._cost_dirty})
+        self._cost_dirty.clear()
+        self._cost_flushed = dict(self._cost)
+
+    def close(self) -> None:
+        """Bill every worker up to now, write the cost and close the state file. The engine
+        keeps working afterwards, in memory only."""
+        with self._lock:
+            if self._store is None:
+                return
+            mono = self._clock.monotonic()
+            for w in self._workers.values():
+                self._accrue(w, mono)
+            try:
+                self._flush_cost()
+            finally:
+                self._store.close()
+                self._store = None
+
     # --- registry --------------------------------------------------------------------------
     def register(self, spec: WorkerSpec, usage: Usage | None = None) -> bool:
         """Add a worker, or update the identity and capacity of a known one (its report).
@@ -167,10 +256,16 @@ class Engine:
             w = self._workers.get(spec.worker)
             if w is None:
                 rt = self._pool(spec.pool)
+                new = Worker(spec, STATE_ACTIVE, now, now, mono, mono, usage or Usage())
+                with self._transaction() as store:
+                    if store is not None:
+                        store.put_worker(WorkerRecord(spec, new.state, now))
+                        if rt.provisioning:
+                            rec = self._pool_record(spec.pool, rt)
+                            store.put_pool(replace(rec, provisioning=rec.provisioning[1:]))
                 if rt.provisioning:  # this is (we assume) the worker a scale-up asked for
                     rt.provisioning.pop(0)
-                self._workers[spec.worker] = Worker(spec, STATE_ACTIVE, now, now, mono, mono,
-                                                    usage or Usage())
+                self._workers[spec.worker] = new
                 return True
             short = ("cpu_cores" if spec.cpu_cores + 1e-9 < w.cpu_allocated else
                      "memory_total_bytes" if spec.memory_total_bytes < w.memory_allocated else
@@ -178,6 +273,8 @@ class Engine:
             if short:
                 raise InsufficientCapacity(f"worker {spec.worker!r}: new {short} is below what "
                                            "its reservations hold", short)
+            if self._store is not None and spec != w.spec:  # a report mostly changes nothing
+                self._store.put_worker(WorkerRecord(spec, w.state, w.registered_at))
             if spec.pool != w.spec.pool:
                 self._pool(spec.pool)
             self._accrue(w, mono)
@@ -203,10 +300,15 @@ class Engine:
             w = self._workers.get(worker)
             if w is None:
                 raise UnknownWorker(worker)
-            self._accrue(w, self._clock.monotonic())
-            released = [self._reservations.pop(t) for t in sorted(w.tasks)]
-            del self._workers[worker]
-            return released
+            if self._store is not None:
+                self._store.delete_worker(worker)  # its reservations go by cascade
+            return self._drop(w)
+
+    def _drop(self, w: Worker) -> list[Reservation]:
+        self._accrue(w, self._clock.monotonic())
+        released = [self._reservations.pop(t) for t in sorted(w.tasks)]
+        del self._workers[w.spec.worker]
+        return released
 
     def workers(self, pool: str | None = None, state: str | None = None) -> list[str]:
         with self._lock:
@@ -250,15 +352,20 @@ class Engine:
                 w = found
             r = Reservation(task_id, w.spec.worker, cpu_cores, memory_bytes,
                             tuple(w.gpus_free[:gpus]), self._clock.time())
+            if self._store is not None:
+                self._store.put_reservation(r)
             apply(w, r)
             self._reservations[task_id] = r
             return r
 
     def release(self, task_id: str) -> Reservation:
         with self._lock:
-            r = self._reservations.pop(task_id, None)
+            r = self._reservations.get(task_id)
             if r is None:
                 raise ReservationError(f"task {task_id!r} holds no reservation")
+            if self._store is not None:
+                self._store.delete_reservation(task_id)
+            del self._reservations[task_id]
             undo(self._workers[r.worker], r)
             return r
 
@@ -270,7 +377,10 @@ class Engine:
         if count < 0:
             raise ValueError("pending task count must be >= 0")
         with self._lock:
-            self._pool(pool).tasks_pending = count
+            rt = self._pool(pool)
+            if self._store is not None and count != rt.tasks_pending:
+                self._store.put_pool(replace(self._pool_record(pool, rt), tasks_pending=count))
+            rt.tasks_pending = count
 
     # --- the loop --------------------------------------------------------------------------
     def tick(self) -> list[Decision]:
@@ -290,6 +400,9 @@ class Engine:
                 if mono + 1e-9 >= rt.next_eval_mono:
                     rt.next_eval_mono = mono + rt.policy.evaluation_interval_s
                     decisions.append(self._evaluate_pool(name, rt, mono))
+            # The one cost write per tick, after the last accrual (an expiry bills up to its
+            # end): a kill -9 loses at most what accrued since.
+            self._flush_cost()
             return decisions
 
     def _sample(self, name: str, rt: _PoolRuntime, mono: float) -> None:
@@ -312,8 +425,16 @@ class Engine:
     def _expire(self, mono: float) -> None:
         limit = self._settings.worker_expiry_s
         for wid in [k for k, w in self._workers.items() if mono - w.last_report_mono > limit]:
-            rt = self._pool(self._workers[wid].spec.pool)
-            released = self.deregister(wid)
+            w = self._workers[wid]
+            rt = self._pool(w.spec.pool)
+            with self._transaction() as store:
+                if store is not None:
+                    store.delete_worker(wid)
+                    store.put_pool(replace(
+                        self._pool_record(w.spec.pool, rt),
+                        workers_expired=rt.workers_expired + 1,
+                        reservations_expired=rt.reservations_expired + len(w.tasks)))
+            released = self._drop(w)
             rt.workers_expired += 1
             rt.reservations_expired += len(released)
 
@@ -334,6 +455,9 @@ class Engine:
     def _evaluate_pool(self, name: str, rt: _PoolRuntime, mono: float) -> Decision:
         p = rt.policy
         assert p is not None
+        # Put back when the state file refuses the decision (a full disk, say).
+        saved = copy.deepcopy(rt) if self._store is not None else None
+        chosen: list[Worker] = []
         timeout = self._settings.provisioning_timeout_s
         rt.provisioning = [t for t in rt.provisioning if mono - t < timeout]
         active = [w for w in self._workers.values()
@@ -373,6 +497,18 @@ class Engine:
         rt.decisions[(d.action, d.reason)] = rt.decisions.get((d.action, d.reason), 0) + 1
         now = self._clock.time()
         rt.last_decision_ts[d.action] = now
+        if self._store is not None:
+            try:
+                with self._store.transaction():
+                    self._store.put_pool(self._pool_record(name, rt))
+                    for w in chosen:
+                        self._store.put_worker(WorkerRecord(w.spec, w.state, w.registered_at))
+            except BaseException:
+                assert saved is not None
+                self._pools[name] = saved
+                for w in chosen:
+                    w.state = STATE_ACTIVE
+                raise
         self._history.append(HistoryEntry(now, d))
         return d
 
@@ -385,6 +521,7 @@ class Engine:
             return
         key = (s.provider, s.region, s.instance_type, s.pool)
         self._cost[key] = self._cost.get(key, 0.0) + price.usd_per_hour * dt / 3600.0
+        self._cost_dirty.add(key)
 
     # --- reading -----------------------------------------------------------------------------
     def view(self) -> FleetView:
@@ -394,7 +531,7 @@ class Engine:
             workers = tuple(
                 WorkerView(w.spec, w.state, mono - w.last_report_mono <= hb, w.last_report,
                            w.usage, w.cpu_allocated, w.memory_allocated,
-                           frozenset(w.gpus_allocated), len(w.tasks))
+                           frozenset(w.gpus_allocated), len(w.tasks), w.registered_at)
                 for _, w in sorted(self._workers.items()))
             prices: dict[tuple[str, str, str, str], float] = {}
             unpriced: dict[tuple[str, str], int] = {}
@@ -426,8 +563,9 @@ class Engine:
                     {"up": mono < rt.cooldown_until["up"],
                      "down": mono < rt.cooldown_until["down"]},
                     dict(rt.decisions), dict(rt.workers_changed), dict(rt.last_decision_ts),
-                    rt.workers_expired, rt.reservations_expired))
-            return FleetView(now, workers, tuple(pools), dict(self._cost), prices, unpriced,
+                    rt.workers_expired, rt.reservations_expired,
+                    tasks_pending_mean=rt.pending_mean))
+            return FleetView(now, workers, tuple(pools), dict(self._cost_flushed), prices, unpriced,
                              dict(self._budgets))
 
 

@@ -91,6 +91,12 @@ SCALING_COOLDOWN_ACTIVE = _g("drm_scaling_cooldown_active", "1 while the cooldow
 SCALING_LAST_DECISION = _g("drm_scaling_last_decision_timestamp_seconds",
                            "Unix time of the pool's last decision with this action.", "pool",
                            "action")
+SCALING_HOOK_DELIVERIES = _c(
+    "drm_scaling_hook_deliveries_total",
+    "Scale decisions for the pool's hook by outcome: ok, failed (every attempt failed) or "
+    "dropped (queue full). Only pools with a hook.", "pool", "outcome")
+SCALING_HOOK_ATTEMPTS = _c("drm_scaling_hook_attempts_total",
+                           "Delivery attempts to the pool's hook, retries included.", "pool")
 
 WORKERS_EXPIRED = _c("drm_pool_workers_expired_total",
                      "Workers removed after missing heartbeats for the expiry window.", "pool")
@@ -135,6 +141,7 @@ SCALING_RESOURCES = ("cpu", "memory", "gpu", "overall")
 THRESHOLDS = ("scale_up", "scale_down", "target")
 ACTIONS = ("scale_up", "scale_down", "maintain")
 DIRECTIONS = ("up", "down")
+HOOK_OUTCOMES = ("ok", "failed", "dropped")
 REASONS: dict[str, str] = {
     "high_utilization": "scale_up: the overall signal is at or above the scale-up threshold",
     "below_min": "scale_up: the pool has fewer workers than its minimum",

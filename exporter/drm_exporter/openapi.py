@@ -109,12 +109,15 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
             "responses": {str(r.ok): {"description": "OK", "content": {
                 "application/json": {"schema": {"type": "object"}}}},
                 "400": _error("invalid input; `field` names the culprit"),
-                "404": _error("unknown worker, task or route")},
+                "404": _error("unknown worker, pool, task or route")},
         }
-        params = re.findall(r"\{(\w+)\}", r.template)
+        params = [{"name": p, "in": "path", "required": True, "schema": NAME}
+                  for p in re.findall(r"\{(\w+)\}", r.template)]
+        params += [{"name": q.name, "in": "query", "required": False,
+                    "description": q.description,
+                    "schema": _num(q.minimum, q.maximum, q.type == "integer")} for q in r.query]
         if params:
-            op["parameters"] = [{"name": p, "in": "path", "required": True,
-                                 "schema": NAME} for p in params]
+            op["parameters"] = params
         if r.body:
             op["requestBody"] = {"required": r.method != "POST" or r.body != "Usage",
                                  "content": {"application/json": {

@@ -84,38 +84,87 @@ class Decision:
     worker_ids: tuple[str, ...] = ()
 
 
-def evaluate(pool: str, p: PoolPolicy, s: PoolSignal) -> Decision:
+def evaluate(pool: str, p: PoolPolicy, s: PoolSignal, trace: list[str] | None = None
+             ) -> Decision:
+    """The decision for one pool. With `trace`, every rule considered is appended to it with
+    the numbers plugged in (`drm-exporter policy explain`); the decision is the same either
+    way, so the explanation cannot drift from the policy."""
     n = s.active + s.provisioning
     u = s.utilization.get("overall", 0.0)
     pressure = p.pending_threshold > 0 and s.pending >= p.pending_threshold
 
+    def note(line: str) -> None:
+        if trace is not None:
+            trace.append(line)
+
     def keep(reason: str) -> Decision:
         return Decision(pool, "maintain", reason, 0, u)
 
+    note(f"below_min: n {n} < min_workers {p.min_workers}? {_yes(n < p.min_workers)}")
     if n < p.min_workers:
+        note(f"add min_workers - n = {p.min_workers} - {n} = {p.min_workers - n} "
+             "(bounds wait for no cooldown)")
         return Decision(pool, "scale_up", "below_min", p.min_workers - n, u)
+    note(f"above_max: n {n} > max_workers {p.max_workers}? {_yes(n > p.max_workers)}")
     if n > p.max_workers:
+        note(f"remove min(n - max_workers, active) = min({n - p.max_workers}, {s.active}) = "
+             f"{min(n - p.max_workers, s.active)} (bounds wait for no cooldown)")
         return Decision(pool, "scale_down", "above_max", min(n - p.max_workers, s.active), u)
     hot = u >= p.scale_up
+    note(f"pending_tasks: p {_num(s.pending)} >= pending_threshold {p.pending_threshold}? "
+         f"{_yes(pressure)}" if p.pending_threshold > 0 else
+         "pending_tasks: pending_threshold 0, the queue is ignored")
+    note(f"high_utilization: overall {_num(u)} >= scale_up {_num(p.scale_up)}? {_yes(hot)}")
     if pressure or hot:
+        note(f"at_max: n {n} >= max_workers {p.max_workers}? {_yes(n >= p.max_workers)}")
         if n >= p.max_workers:
             return keep("at_max")
+        note(f"cooldown: scale-up cooldown running? {_yes(s.cooldown_up_active)}")
         if s.cooldown_up_active:
             return keep("cooldown")
-        add = math.ceil(n * (u / p.target - 1.0) - 1e-9) if hot else 0
+        raw = n * (u / p.target - 1.0)
+        add = math.ceil(raw - 1e-9) if hot else 0
+        if hot:
+            note(f"hot count: ceil(n * (overall / target - 1)) = ceil({n} * ({_num(u)} / "
+                 f"{_num(p.target)} - 1)) = ceil({_num(raw)}) = {add}")
         reason = "high_utilization"
-        if pressure and math.ceil(s.pending / p.tasks_per_worker - 1e-9) >= add:
-            add, reason = math.ceil(s.pending / p.tasks_per_worker - 1e-9), "pending_tasks"
-        return Decision(pool, "scale_up", reason, min(max(1, add), p.max_step, p.max_workers - n),
-                        u)
-    if u <= p.scale_down:
+        if pressure:
+            queue = math.ceil(s.pending / p.tasks_per_worker - 1e-9)
+            note(f"queue count: ceil(p / tasks_per_worker) = ceil({_num(s.pending)} / "
+                 f"{_num(p.tasks_per_worker)}) = {queue}"
+                 + (f", {'>=' if queue >= add else '<'} hot count {add}" if hot else ""))
+            if queue >= add:
+                add, reason = queue, "pending_tasks"
+        count = min(max(1, add), p.max_step, p.max_workers - n)
+        note(f"add min(max(1, {add}), max_step {p.max_step}, max_workers - n "
+             f"{p.max_workers - n}) = {count}")
+        return Decision(pool, "scale_up", reason, count, u)
+    cold = u <= p.scale_down
+    note(f"low_utilization: overall {_num(u)} <= scale_down {_num(p.scale_down)}? {_yes(cold)}")
+    if cold:
+        note(f"at_min: n {n} <= min_workers {p.min_workers}? {_yes(n <= p.min_workers)}")
         if n <= p.min_workers:
             return keep("at_min")
+        note(f"cooldown: scale-down cooldown running? {_yes(s.cooldown_down_active)}")
         if s.cooldown_down_active:
             return keep("cooldown")
         desired = max(p.min_workers, math.ceil(n * u / p.target - 1e-9))
+        note(f"desired = max(min_workers, ceil(n * overall / target)) = max({p.min_workers}, "
+             f"ceil({n} * {_num(u)} / {_num(p.target)})) = {desired}")
         remove = min(max(1, n - desired), p.max_step, n - p.min_workers, s.active)
+        note(f"remove min(max(1, n - desired {n - desired}), max_step {p.max_step}, "
+             f"n - min_workers {n - p.min_workers}, active {s.active}) = {remove}")
         if remove < 1:
             return keep("at_min")
         return Decision(pool, "scale_down", "low_utilization", remove, u)
+    note("within_band: between the thresholds, the band is the hysteresis")
     return keep("within_band")
+
+
+def _yes(matched: bool) -> str:
+    return "yes" if matched else "no"
+
+
+def _num(x: float) -> str:
+    # Four significant digits: enough that 0.7999 is not shown as 0.80 beside a threshold.
+    return f"{x:.4g}"

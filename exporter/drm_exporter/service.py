@@ -22,16 +22,20 @@ from .config import API_TOKEN_ENV, Config, api_token, parse_listen_address
 from .engine import Engine
 from .exposition import SnapshotStore
 from .fleet import GpuReading, Usage, WorkerSpec
+from .hooks import HookDispatcher
 from .prices import DEFAULT_PRICES, PriceBook
 from .scaling import PoolPolicy
 from .simulator import Simulator
 from .snapshot import build_families
+from .state import StateStore, open_state
 from .web import ExporterHTTPServer
 from .webconfig import WebSecurity, load_web_config_file
 
 log = logging.getLogger(__name__)
 
 SIMULATED_POOLS = ("cpu", "gpu")
+# How long a stop waits for in-flight requests, then for a running tick.
+DRAIN_TIMEOUT_S = 10.0
 
 
 class HostWorker:
@@ -68,7 +72,10 @@ class HostWorker:
 
 class Service:
     def __init__(self, config: Config, clock: Clock | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, reset_state: bool = False) -> None:
+        """`config.state_file` None or "" keeps everything in memory here; `serve` has already
+        turned None into the default location (config.resolve_state_file). A state file that
+        cannot be used is a StateError, unless `reset_state` moves it aside."""
         self.config = config
         env = os.environ if environ is None else environ
         self.api_token = api_token(config.api, env)
@@ -83,8 +90,13 @@ class Service:
             for pool in SIMULATED_POOLS:
                 policies.setdefault(pool, PoolPolicy())
         prices = PriceBook(DEFAULT_PRICES + config.cost.prices)
-        self.engine = Engine(policies, config.engine, prices, config.cost.budgets_usd, clock)
+        self.state: StateStore | None = open_state(Path(config.state_file), reset_state) \
+            if config.state_file else None
+        self.engine = Engine(policies, config.engine, prices, config.cost.budgets_usd, clock,
+                             store=self.state)
         self.api = Api(self.engine)
+        # Scale decisions go to the pools' hooks on their own threads, never blocking a tick.
+        self.hooks = HookDispatcher(config.hooks, self.engine.clock)
         self.status = CollectorStatus()
         self.store = SnapshotStore()
         # The simulator goes through the API's validation like any fleet, minus the socket.
@@ -115,6 +127,7 @@ class Service:
         if self.simulator is not None:
             self.simulator.step()
         decisions = self.engine.tick()
+        self.hooks.submit(decisions)
         if self.simulator is not None:
             self.simulator.apply(decisions)
         for d in decisions:
@@ -125,7 +138,8 @@ class Service:
         self.publish()
 
     def publish(self) -> None:
-        self.store.publish(build_families(self.engine.view(), self.status.snapshot()))
+        self.store.publish(build_families(self.engine.view(), self.status.snapshot(),
+                                          self.hooks.counts()))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.tick_interval_s):
@@ -153,9 +167,14 @@ class Service:
         self._loop_thread.start()
 
     def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (bounded), stop the loop, then write
+        the last cost and close the state file."""
         self._stop.set()
         for r in self.runners:
             r.stop()
         if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
+            self.http.drain(DRAIN_TIMEOUT_S)
+        if self._loop_thread.is_alive():
+            self._loop_thread.join(DRAIN_TIMEOUT_S)
+        self.hooks.stop()
+        self.engine.close()

@@ -25,6 +25,7 @@ from .scaling import Decision
 
 GIB = 1024**3
 TRENDS = {"increasing": 1, "decreasing": -1, "stable": 0}
+SIM_DOMAIN = ".sim.internal"  # every simulated worker's hostname ends so
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,12 @@ class Simulator:
 
     # --- setup -------------------------------------------------------------------------------
     def start(self) -> None:
+        # Simulated machines end with the process that simulated them: ones a state file kept
+        # from an earlier run are gone (deregistered, releasing what their tasks held), and
+        # their names and task ids are free for this run.
+        for w in self.client.workers():
+            if w["hostname"].endswith(SIM_DOMAIN):
+                self.client.deregister(w["worker"])
         counts = {"cpu": self.s.workers - self.s.gpu_workers, "gpu": self.s.gpu_workers}
         for pool, n in counts.items():
             if n == 0:
@@ -195,7 +202,7 @@ class Simulator:
         r = self._rng
         spec = WorkerSpec(
             worker=wid, pool=pool, provider=shape.provider, region=shape.region,
-            instance_type=shape.instance_type, hostname=f"{wid}.sim.internal",
+            instance_type=shape.instance_type, hostname=f"{wid}{SIM_DOMAIN}",
             cpu_cores=shape.cpu_cores, memory_total_bytes=shape.memory_gib * GIB,
             gpus=shape.gpus)
         self._workers[wid] = _SimWorker(spec, shape, r.uniform(0.45, 0.95),

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from . import __version__
 from . import metrics as m
 from .collectors.status import CollectorState
 from .engine import FleetView
 from .exposition import Family, Sample, family
+from .hooks import HookCounts
 
 
-def build_families(view: FleetView, collectors: dict[str, CollectorState]) -> list[Family]:
+def build_families(view: FleetView, collectors: dict[str, CollectorState],
+                   hooks: Mapping[str, HookCounts] | None = None) -> list[Family]:
     fams: list[Family] = [
         family(m.BUILD_INFO, [((__version__, platform.python_version()), 1.0)]),
     ]
@@ -26,6 +28,7 @@ def build_families(view: FleetView, collectors: dict[str, CollectorState]) -> li
     fams.extend(_worker_families(view))
     fams.extend(_gpu_families(view))
     fams.extend(_pool_families(view))
+    fams.extend(_hook_families(hooks or {}))
     fams.extend(_cost_families(view))
     return [f for f in fams if f.samples]
 
@@ -106,6 +109,13 @@ def _pool_families(view: FleetView) -> Iterator[Family]:
                                           for p in ps))
     yield family(m.SCALING_LAST_DECISION, (((p.pool, a), ts) for p in managed
                                            for a, ts in sorted(p.last_decision_ts.items())))
+
+
+def _hook_families(hooks: Mapping[str, HookCounts]) -> Iterator[Family]:
+    pools = sorted(hooks)
+    yield family(m.SCALING_HOOK_DELIVERIES, (((p, o), float(hooks[p].deliveries[o]))
+                                             for p in pools for o in m.HOOK_OUTCOMES))
+    yield family(m.SCALING_HOOK_ATTEMPTS, (((p,), float(hooks[p].attempts)) for p in pools))
 
 
 def _cost_families(view: FleetView) -> Iterator[Family]:

@@ -7,6 +7,7 @@ for the API's write endpoints. Credentials are compared in constant time and nev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -15,6 +16,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -74,6 +76,19 @@ def sd_targets(api: Api) -> list[dict[str, Any]]:
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterHTTPServer
     protocol_version = "HTTP/1.1"
+
+    def parse_request(self) -> bool:
+        # The request line has arrived: from here on the request is in flight, and a drain
+        # waits for it instead of cutting it off.
+        self.server.request_started(self.connection)
+        return super().parse_request()
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        finally:
+            if self.server.request_finished(self.connection):
+                self.close_connection = True  # draining: no next request on this connection
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if not self._authenticated():
@@ -158,7 +173,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ApiError(400, None, "Content-Length is not a number") from None
         if length > MAX_BODY_BYTES:
-            self.close_connection = True  # do not read a huge body just to throw it away
+            self.close_connection = True
+            # A modest overshoot is read and dropped so the client, still sending, reliably
+            # gets the 413 instead of a connection reset; a huge body is not worth reading.
+            if length <= 4 * MAX_BODY_BYTES:
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 1 << 16))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
             raise ApiError(413, None, f"body over {MAX_BODY_BYTES} bytes")
         raw = self.rfile.read(length) if length else b""
         if not raw:
@@ -207,6 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):
+    # A stuck handler must never keep the process alive: drain() bounds the wait itself.
     daemon_threads = True
 
     def __init__(self, host: str, port: int, store: SnapshotStore, api: Api | None = None,
@@ -221,6 +246,11 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.basic_auth = basic_auth
         self.ssl_context = ssl_context
         self.handshake_timeout_s = handshake_timeout_s
+        self._conn_lock = threading.Lock()
+        self._conns: dict[Any, threading.Thread] = {}  # connection -> its handler thread
+        self._busy: set[Any] = set()  # connections with a request in flight
+        self._draining = False
+        self._serving: threading.Thread | None = None
         if ssl_context is not None:
             # The handshake is deferred to the connection's own thread (finish_request): done
             # in accept(), one slow or silent client would stall every other connection.
@@ -262,4 +292,61 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def start_background(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="http", daemon=True)
         t.start()
+        self._serving = t
         return t
+
+    # --- graceful stop ---------------------------------------------------------------------
+    def process_request(self, request: Any, client_address: Any) -> None:
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name="http-conn", daemon=True)
+        with self._conn_lock:
+            self._conns[request] = t
+        t.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conn_lock:
+                self._conns.pop(request, None)
+                self._busy.discard(request)
+
+    def request_started(self, conn: Any) -> None:
+        with self._conn_lock:
+            self._busy.add(conn)
+
+    def request_finished(self, conn: Any) -> bool:
+        """True when the server is draining, so the connection must close."""
+        with self._conn_lock:
+            self._busy.discard(conn)
+            return self._draining
+
+    def drain(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting, close idle keep-alive connections, let requests in flight finish
+        for up to `timeout_s`, then close what is left and the listening socket."""
+        if self._serving is not None:
+            self.shutdown()  # serve_forever has returned: every accepted connection is known
+        with self._conn_lock:
+            self._draining = True
+            conns = dict(self._conns)
+            idle = [c for c in conns if c not in self._busy]
+        # An idle connection's thread waits for a next request (Prometheus keeps connections
+        # open): end its wait with EOF. socket.socket.shutdown, not SSLSocket's, which would
+        # drop the TLS state under the other thread.
+        for c in idle:
+            _shutdown(c, socket.SHUT_RD)
+        deadline = time.monotonic() + timeout_s
+        for t in conns.values():
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [c for c, t in conns.items() if t.is_alive()]
+        if stuck:
+            log.warning("%d request(s) still running after %.0f s; closing them", len(stuck),
+                        timeout_s)
+            for c in stuck:
+                _shutdown(c, socket.SHUT_RDWR)
+        self.server_close()
+
+
+def _shutdown(conn: Any, how: int) -> None:
+    with contextlib.suppress(OSError):  # the client may have closed it already
+        socket.socket.shutdown(conn, how)
