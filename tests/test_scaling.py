@@ -92,3 +92,12 @@ def test_invalid_policy_is_refused(kwargs: dict) -> None:
 def test_every_reason_is_documented_under_one_action() -> None:
     seen = [r for rs in metrics.REASONS_BY_ACTION.values() for r in rs]
     assert sorted(seen) == sorted(metrics.REASONS)
+
+
+def test_signal_picks_the_resource_that_drives_decisions() -> None:
+    s = PoolSignal(4, 0, {"cpu": 0.9, "memory": 0.2, "gpu": 0.5, "overall": 0.9}, False, False)
+    assert evaluate("p", PoolPolicy(), s).reason == "high_utilization"
+    assert evaluate("p", PoolPolicy(signal="memory", min_workers=1), s).action == "scale_down"
+    assert evaluate("p", PoolPolicy(signal="gpu"), s).reason == "within_band"
+    with pytest.raises(ValueError, match="signal"):
+        PoolPolicy(signal="disk")

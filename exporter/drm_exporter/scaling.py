@@ -1,7 +1,8 @@
 """The threshold scaling policy of one pool: a pure function from pool state to a decision.
 
 Signal: for each resource the pool's reserved share of its active capacity (what tasks hold ÷
-what workers offer), averaged over the last `evaluation_window_s`; `overall` is the bottleneck,
+what workers offer), averaged over the last `evaluation_window_s`. `signal` picks the resource
+that drives decisions (default `overall`); `overall` is the bottleneck,
 the largest of the averaged resources the pool has.
 Pending tasks (the coordinator's queue: tasks no worker had room for), averaged over the same
 window, are the second input.
@@ -40,6 +41,8 @@ class PoolPolicy:
     # The signal is the mean over this window (the seed DRM's evaluation window), so one
     # task more or less in a small pool does not swing the decision; 0 = the instant value.
     evaluation_window_s: float = 300.0
+    # Which averaged resource drives decisions: cpu, memory, gpu, or overall (the bottleneck).
+    signal: str = "overall"
     pending_threshold: int = 1  # pending tasks that count as pressure; 0 ignores the queue
     tasks_per_worker: float = 4.0  # pending tasks one new worker is expected to absorb
 
@@ -58,6 +61,9 @@ class PoolPolicy:
             raise ValueError("evaluation_interval_s must be > 0")
         if self.evaluation_window_s < 0:
             raise ValueError("evaluation_window_s must be >= 0")
+        if self.signal not in ("cpu", "memory", "gpu", "overall"):
+            raise ValueError(f"signal must be one of cpu, memory, gpu, overall, got "
+                             f"{self.signal!r}")
         if self.pending_threshold < 0:
             raise ValueError("pending_threshold must be >= 0")
         if self.tasks_per_worker <= 0:
@@ -90,7 +96,7 @@ def evaluate(pool: str, p: PoolPolicy, s: PoolSignal, trace: list[str] | None = 
     the numbers plugged in (`drm-exporter policy explain`); the decision is the same either
     way, so the explanation cannot drift from the policy."""
     n = s.active + s.provisioning
-    u = s.utilization.get("overall", 0.0)
+    u = s.utilization.get(p.signal, 0.0)
     pressure = p.pending_threshold > 0 and s.pending >= p.pending_threshold
 
     def note(line: str) -> None:
@@ -114,7 +120,7 @@ def evaluate(pool: str, p: PoolPolicy, s: PoolSignal, trace: list[str] | None = 
     note(f"pending_tasks: p {_num(s.pending)} >= pending_threshold {p.pending_threshold}? "
          f"{_yes(pressure)}" if p.pending_threshold > 0 else
          "pending_tasks: pending_threshold 0, the queue is ignored")
-    note(f"high_utilization: overall {_num(u)} >= scale_up {_num(p.scale_up)}? {_yes(hot)}")
+    note(f"high_utilization: {p.signal} {_num(u)} >= scale_up {_num(p.scale_up)}? {_yes(hot)}")
     if pressure or hot:
         note(f"at_max: n {n} >= max_workers {p.max_workers}? {_yes(n >= p.max_workers)}")
         if n >= p.max_workers:
@@ -125,7 +131,7 @@ def evaluate(pool: str, p: PoolPolicy, s: PoolSignal, trace: list[str] | None = 
         raw = n * (u / p.target - 1.0)
         add = math.ceil(raw - 1e-9) if hot else 0
         if hot:
-            note(f"hot count: ceil(n * (overall / target - 1)) = ceil({n} * ({_num(u)} / "
+            note(f"hot count: ceil(n * ({p.signal} / target - 1)) = ceil({n} * ({_num(u)} / "
                  f"{_num(p.target)} - 1)) = ceil({_num(raw)}) = {add}")
         reason = "high_utilization"
         if pressure:
@@ -140,7 +146,7 @@ def evaluate(pool: str, p: PoolPolicy, s: PoolSignal, trace: list[str] | None = 
              f"{p.max_workers - n}) = {count}")
         return Decision(pool, "scale_up", reason, count, u)
     cold = u <= p.scale_down
-    note(f"low_utilization: overall {_num(u)} <= scale_down {_num(p.scale_down)}? {_yes(cold)}")
+    note(f"low_utilization: {p.signal} {_num(u)} <= scale_down {_num(p.scale_down)}? {_yes(cold)}")
     if cold:
         note(f"at_min: n {n} <= min_workers {p.min_workers}? {_yes(n <= p.min_workers)}")
         if n <= p.min_workers:
@@ -149,7 +155,7 @@ def evaluate(pool: str, p: PoolPolicy, s: PoolSignal, trace: list[str] | None = 
         if s.cooldown_down_active:
             return keep("cooldown")
         desired = max(p.min_workers, math.ceil(n * u / p.target - 1e-9))
-        note(f"desired = max(min_workers, ceil(n * overall / target)) = max({p.min_workers}, "
+        note(f"desired = max(min_workers, ceil(n * {p.signal} / target)) = max({p.min_workers}, "
              f"ceil({n} * {_num(u)} / {_num(p.target)})) = {desired}")
         remove = min(max(1, n - desired), p.max_step, n - p.min_workers, s.active)
         note(f"remove min(max(1, n - desired {n - desired}), max_step {p.max_step}, "
