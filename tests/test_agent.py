@@ -36,6 +36,7 @@ from drm_exporter.agent import (
 from drm_exporter.api import Api, ApiError
 from drm_exporter.cli import build_parser, main
 from drm_exporter.client import Client, CoordinatorUnreachable, HttpClient
+from drm_exporter.collectors.cgroup import CgroupReading
 from drm_exporter.collectors.host import HostCollector
 from drm_exporter.config import API_TOKEN_ENV, Config, HostWorkerConfig
 from drm_exporter.engine import Engine
@@ -242,7 +243,8 @@ def test_a_failed_host_read_reports_nothing_new() -> None:
     ps = FlakyPs()
     client = ScriptedClient([])
     agent = Agent(AgentSettings(worker="w1", interval_s=5.0), client,
-                  HostCollector(ps=ps, prime_s=0.0), None)
+                  HostCollector(ps=ps, prime_s=0.0, cgroup=lambda: CgroupReading("host")),
+                  None)
     assert agent.run_once() == 5.0 and client.calls == []  # no capacity known: no report
     assert agent.status.snapshot()["host"].success is False
     ps.broken = False

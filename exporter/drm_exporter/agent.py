@@ -63,7 +63,7 @@ AGENT_METRICS: tuple[m.MetricDef, ...] = (
     m.WORKER_INFO, m.WORKER_UP, m.WORKER_LAST_REPORT, m.WORKER_CPU_CORES,
     m.WORKER_CPU_UTILIZATION, m.WORKER_MEMORY_TOTAL, m.WORKER_MEMORY_USED,
     m.GPU_INFO, m.GPU_UP, m.GPU_UTILIZATION, m.GPU_MEMORY_TOTAL, m.GPU_MEMORY_USED,
-    m.GPU_TEMPERATURE, m.GPU_POWER,
+    m.GPU_TEMPERATURE, m.GPU_POWER, m.GPU_MIG_INFO, m.GPU_MIG_MEMORY_TOTAL, m.GPU_MIG_MEMORY_USED,
 )
 _AGENT_METRIC_NAMES = frozenset(d.name for d in AGENT_METRICS)
 
@@ -305,6 +305,8 @@ def _agent(args: argparse.Namespace) -> int:
             parse_listen_address(args.listen_address)
         except ValueError as e:
             problem = f"--listen-address: {e}"
+    if problem is None and args.collector_host is False:
+        problem = "--no-collector.host: the agent reports this host's reading; it cannot be off"
     if problem:
         print(f"drm-exporter agent: {problem}", file=sys.stderr)
         return 2
@@ -328,7 +330,9 @@ def _agent(args: argparse.Namespace) -> int:
                 settings = replace(settings, metrics_url=url)
     token = args.token or os.environ.get(API_TOKEN_ENV) or None
     agent = Agent(settings, HttpClient(args.coordinator, token=token), HostCollector(),
-                  None if args.no_gpu else GpuCollector(), store=store)
+                  None if args.no_gpu or args.collector_gpu is False
+                  else GpuCollector(interval_s=settings.interval_s),
+                  store=store)
     if server is not None:
         server.start_background()
         log.info("serving this worker's /metrics on %s:%d (%s)", server.server_address[0],
@@ -383,7 +387,10 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--advertise-url", metavar="URL",
                    help="metrics URL the coordinator lists in /sd (default: "
                    "http://<listen address>/metrics when it is not a wildcard like 0.0.0.0)")
-    a.add_argument("--no-gpu", action="store_true", help="do not read GPUs through NVML")
+    a.add_argument("--no-gpu", action="store_true", help="same as --no-collector.gpu")
+    from .collect import add_collector_flags
+
+    add_collector_flags(a, "default: on")
     a.add_argument("--deregister-on-exit", action="store_true",
                    help="deregister on SIGTERM/SIGINT (default off: a restart keeps the "
                    "worker's reservations)")

@@ -18,7 +18,8 @@ from typing import Any
 
 from .engine import Engine, UnknownWorker, WorkerView
 from .explain import explain, state_from_view
-from .fleet import GpuReading, Usage, WorkerSpec
+from .fleet import GpuReading, MigReading, Usage, WorkerSpec
+from .metrics import CAPACITY_SOURCES
 from .reservations import InsufficientCapacity, Reservation, ReservationError
 
 API_PREFIX = "/api/v1"
@@ -28,6 +29,7 @@ MAX_CPU_CORES = 4096
 MAX_MEMORY_BYTES = 2**50  # 1 PiB
 MAX_GPUS = 64
 MAX_GPU_MEMORY_BYTES = 2**40
+MAX_MIG_DEVICES = 16  # NVML slots per GPU (7 on an A100/H100), with room to spare
 MAX_HISTORY = 1000
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
@@ -104,10 +106,14 @@ def _path_name(v: str, field: str) -> str:
 
 
 SPEC_FIELDS = {"pool", "provider", "region", "instance_type", "hostname", "cpu_cores",
-               "memory_total_bytes", "gpus", "metrics_url", "usage"}
+               "memory_total_bytes", "gpus", "metrics_url", "capacity_source", "usage"}
+CAPACITY_SOURCE_FIELDS = {"cpu", "memory"}
+CAPACITY_SOURCE_RE = re.compile(rf"^({'|'.join(CAPACITY_SOURCES)})$")
 USAGE_FIELDS = {"cpu_utilization_ratio", "memory_used_bytes", "gpus"}
 GPU_FIELDS = {"index", "uuid", "name", "driver_version", "mig_mode", "up", "utilization_ratio",
-              "memory_total_bytes", "memory_used_bytes", "temperature_celsius", "power_watts"}
+              "memory_total_bytes", "memory_used_bytes", "temperature_celsius", "power_watts",
+              "mig_devices"}
+MIG_FIELDS = {"index", "uuid", "memory_total_bytes", "memory_used_bytes"}
 RESERVATION_FIELDS = {"task_id", "cpu_cores", "memory_bytes", "gpus", "worker", "pool"}
 
 
@@ -126,9 +132,25 @@ def parse_spec(worker: str, body: Any) -> tuple[WorkerSpec, Usage | None]:
                                    lo_open=True),
         gpus=_number(d, "gpus", 0, MAX_GPUS, integer=True, required=False) or 0,
         metrics_url=_string(d, "metrics_url", URL_RE, required=False),
+        **_capacity_source(d),
     )
     usage = parse_usage(d["usage"], spec, "usage.") if d.get("usage") is not None else None
     return spec, usage
+
+
+def _capacity_source(d: dict[str, Any]) -> dict[str, str]:
+    """`{"cpu": SOURCE, "memory": SOURCE}`, or one SOURCE string for both."""
+    v = d.get("capacity_source")
+    if v is None:
+        return {}
+    if isinstance(v, str):
+        both = _string(d, "capacity_source", CAPACITY_SOURCE_RE)
+        return {"cpu_source": both, "memory_source": both}
+    p = "capacity_source."
+    obj = _object(v, "capacity_source")
+    _only(obj, CAPACITY_SOURCE_FIELDS, p)
+    return {"cpu_source": _string(obj, "cpu", CAPACITY_SOURCE_RE, prefix=p),
+            "memory_source": _string(obj, "memory", CAPACITY_SOURCE_RE, prefix=p)}
 
 
 def parse_usage(body: Any, spec: WorkerSpec | None, prefix: str = "") -> Usage:
@@ -172,11 +194,41 @@ def parse_usage(body: Any, spec: WorkerSpec | None, prefix: str = "") -> Usage:
                                       prefix=p, integer=True, required=False),
             temperature_celsius=_number(gd, "temperature_celsius", -50, 150, prefix=p,
                                         required=False),
-            power_watts=_number(gd, "power_watts", 0, 5000, prefix=p, required=False))
+            power_watts=_number(gd, "power_watts", 0, 5000, prefix=p, required=False),
+            mig_devices=_parse_mig(gd.get("mig_devices"), p))
+        if reading.mig_devices and reading.mig_mode != "enabled":
+            raise ApiError(400, p + "mig_devices", f"{p}mig_devices needs mig_mode \"enabled\"")
         if any(x.index == reading.index for x in gpus):
             raise ApiError(400, p + "index", f"{p}index {reading.index} is listed twice")
         gpus.append(reading)
     return Usage(cpu, mem, tuple(gpus))
+
+
+def _parse_mig(raw: Any, prefix: str) -> tuple[MigReading, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_MIG_DEVICES:
+        raise ApiError(400, prefix + "mig_devices", f"{prefix}mig_devices must be a list of at "
+                       f"most {MAX_MIG_DEVICES}")
+    out: list[MigReading] = []
+    for k, m in enumerate(raw):
+        p = f"{prefix}mig_devices[{k}]."
+        md = _object(m, p.rstrip("."))
+        _only(md, MIG_FIELDS, p)
+        total = _number(md, "memory_total_bytes", 0, MAX_GPU_MEMORY_BYTES, prefix=p,
+                        integer=True, required=False)
+        d = MigReading(
+            index=_number(md, "index", 0, MAX_MIG_DEVICES - 1, prefix=p, integer=True),
+            uuid=_string(md, "uuid", re.compile(r"^[\w.:/-]{0,128}$"), prefix=p, required=False),
+            memory_total_bytes=total,
+            memory_used_bytes=_number(md, "memory_used_bytes", 0,
+                                      total if total is not None else MAX_GPU_MEMORY_BYTES,
+                                      prefix=p, integer=True, required=False))
+        # The index is the mig_instance label: a repeat would repeat a label set in /metrics.
+        if any(x.index == d.index for x in out):
+            raise ApiError(400, p + "index", f"{p}index {d.index} is listed twice")
+        out.append(d)
+    return tuple(out)
 
 
 # --- serialisation -----------------------------------------------------------------------------
@@ -191,6 +243,8 @@ def worker_json(w: WorkerView) -> dict[str, Any]:
         "memory_used_bytes": u.memory_used_bytes, "gpus": s.gpus,
         "gpus_allocated": sorted(w.gpus_allocated), "tasks_running": w.tasks_running,
         "metrics_url": s.metrics_url,
+        "capacity_source": {"cpu": s.cpu_source, "memory": s.memory_source}
+        if s.cpu_source else None,
     }
 
 

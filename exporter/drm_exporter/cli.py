@@ -1,4 +1,5 @@
-"""The `drm-exporter` command: serve, render, dashboards, demo, policy explain."""
+"""The `drm-exporter` command: serve, agent, collect, render, dashboards, demo, policy
+explain."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def parse_duration(text: str) -> float:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .collect import apply_collector_flags
     from .config import resolve_state_file
     from .service import Service
     from .state import StateError
@@ -56,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
             settings=settings))
     if args.host_worker is not None:
         cfg = replace(cfg, host_worker=replace(cfg.host_worker, enabled=args.host_worker))
+    cfg = replace(cfg, collectors=apply_collector_flags(cfg.collectors, args))
     if args.no_state:
         cfg = replace(cfg, state_file="")
     elif args.state_file is not None:
@@ -174,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "<name>.corrupt-<timestamp> and start empty (a healthy file is kept)")
     s.add_argument("--host-worker", action=argparse.BooleanOptionalAction, default=None,
                    help="report this machine as a worker (default on)")
+    from .collect import add_collect_parser, add_collector_flags
+
+    add_collector_flags(s, "default: collectors.<name>.enabled in --config, else on")
     s.set_defaults(fn=_serve)
 
     r = sub.add_parser("render", help="draw the dashboards to PNG from a Prometheus",
@@ -200,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .agent import add_agent_parser
 
     add_agent_parser(sub)
+    add_collect_parser(sub)
 
     from .explain import add_policy_parser
 

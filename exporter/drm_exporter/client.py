@@ -30,6 +30,8 @@ def spec_body(spec: WorkerSpec, usage: Usage | None = None) -> dict[str, Any]:
     }
     if spec.metrics_url:
         body["metrics_url"] = spec.metrics_url
+    if spec.cpu_source:
+        body["capacity_source"] = {"cpu": spec.cpu_source, "memory": spec.memory_source}
     if usage is not None:
         body["usage"] = usage_body(usage)
     return body
@@ -42,9 +44,15 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     if usage.memory_used_bytes is not None:
         out["memory_used_bytes"] = usage.memory_used_bytes
     if usage.gpus:
-        out["gpus"] = [{k: v for k, v in asdict(g).items() if v is not None}
-                       for g in usage.gpus]
+        out["gpus"] = [_drop_unset(asdict(g)) for g in usage.gpus]
     return out
+
+
+def _drop_unset(d: dict[str, Any]) -> dict[str, Any]:
+    """None (not measured) and an empty list are left out, so a GPU without MIG devices reads
+    the same to a coordinator that predates them."""
+    return {k: [_drop_unset(x) for x in v] if isinstance(v, list | tuple) else v
+            for k, v in d.items() if v is not None and v != () and v != []}
 
 
 class Client:

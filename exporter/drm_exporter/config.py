@@ -10,7 +10,8 @@
     simulator: {enabled: false, seed: 42, workers: 8, gpu_workers: 3, ...}
     host_worker: {enabled: true, worker: "", pool: local, provider: onprem, region: local,
                   instance_type: host}
-    collectors: {host: {enabled: true, interval_s: 5}, gpu: {enabled: true, interval_s: 5}}
+    collectors: {host: {enabled: true, interval_s: 5}, gpu: {enabled: true, interval_s: 5,
+                timeout_s: 5}}     # --collector.<name> / --no-collector.<name> win
     cost:
       budgets_usd: {aws: 1000}
       prices: [{provider: aws, instance_type: m5.2xlarge, usd_per_hour: 0.384, region: "*"}]
@@ -72,16 +73,31 @@ class HostWorkerConfig:
 class CollectorConfig:
     enabled: bool = True
     interval_s: float = 5.0
+    # How long one run may take before it counts as failed; None: the interval, at most 10 s
+    # (collectors/runner.py).
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
             raise ValueError("interval_s must be > 0")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+
+
+def _collector(description: str) -> Any:
+    return field(default_factory=CollectorConfig, metadata={"help": description})
 
 
 @dataclass(frozen=True)
 class CollectorsConfig:
-    host: CollectorConfig = field(default_factory=CollectorConfig)
-    gpu: CollectorConfig = field(default_factory=CollectorConfig)
+    """Every collector this exporter knows, each a field: the field's name is the config key
+    and the --collector.<name> flag (collect.py), its help the flag's help."""
+    host: CollectorConfig = _collector("this machine's CPU and memory (psutil)")
+    gpu: CollectorConfig = _collector("NVIDIA GPUs through NVML")
+
+
+def collector_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(CollectorsConfig))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ def metrics_markdown() -> str:
     for d in m.ALL:
         later = m.NOT_YET_PRODUCED.get(d.name)
         note = f" *Not produced yet: {later}.*" if later else ""
+        if d.name in m.ONLY_WHEN:
+            note += f" *Only when {m.ONLY_WHEN[d.name]}.*"
         out.append(f"| `{d.name}` | {d.type} | {', '.join(d.labels) or '—'} | {d.help}{note} |")
     out += ["", "## Scaling reasons", "", "| action | reason | meaning |", "|---|---|---|"]
     for action, reasons in m.REASONS_BY_ACTION.items():
@@ -29,5 +31,7 @@ def metrics_markdown() -> str:
             f"- `threshold`: {', '.join(m.THRESHOLDS)}",
             f"- `action`: {', '.join(m.ACTIONS)}; `direction`: {', '.join(m.DIRECTIONS)}",
             f"- `outcome` ({m.SCALING_HOOK_DELIVERIES.name}): {', '.join(m.HOOK_OUTCOMES)}",
+            f"- `cpu_source`, `memory_source` ({m.WORKER_CAPACITY_INFO.name}): "
+            f"{', '.join(m.CAPACITY_SOURCES)}",
             ""]
     return "\n".join(out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .metrics import CAPACITY_SOURCES
+
 STATE_ACTIVE = "active"
 STATE_DRAINING = "draining"
 
@@ -22,6 +24,9 @@ class WorkerSpec:
     memory_total_bytes: int
     gpus: int = 0
     metrics_url: str = ""  # set by agents that serve their own /metrics (for /sd)
+    # Where cpu_cores and memory_total_bytes come from (CAPACITY_SOURCES); "" when not reported.
+    cpu_source: str = ""
+    memory_source: str = ""
 
     def __post_init__(self) -> None:
         if not self.worker:
@@ -34,11 +39,29 @@ class WorkerSpec:
             raise ValueError(f"memory_total_bytes must be > 0, got {self.memory_total_bytes}")
         if self.gpus < 0:
             raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+        for name in ("cpu_source", "memory_source"):
+            v = getattr(self, name)
+            if v and v not in CAPACITY_SOURCES:
+                raise ValueError(f"{name} must be one of {', '.join(CAPACITY_SOURCES)}, got {v!r}")
+        if bool(self.cpu_source) != bool(self.memory_source):
+            raise ValueError("cpu_source and memory_source are reported together or not at all")
+
+
+@dataclass(frozen=True)
+class MigReading:
+    """One MIG device of a GPU in MIG mode. `index` is its slot on the parent (0..max-1, as
+    nvmlDeviceGetMigDeviceHandleByIndex numbers them); its memory is part of the parent's."""
+
+    index: int
+    uuid: str = ""
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
 
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One GPU as measured. A field the device does not support is None (absent, never 0)."""
+    """One GPU as measured. A field the device does not support is None (absent, never 0).
+    The memory fields are the whole device's, MIG or not; `mig_devices` break it down."""
 
     index: int
     uuid: str = ""
@@ -51,6 +74,7 @@ class GpuReading:
     memory_used_bytes: int | None = None
     temperature_celsius: float | None = None
     power_watts: float | None = None
+    mig_devices: tuple[MigReading, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,11 @@ WORKER_MEMORY_USED = _g("drm_worker_memory_used_bytes", "Measured memory in use.
 WORKER_MEMORY_ALLOCATED = _g("drm_worker_memory_allocated_bytes",
                              "Memory reserved by running tasks.", "worker")
 WORKER_TASKS_RUNNING = _g("drm_worker_tasks_running", "Tasks holding a reservation.", "worker")
+WORKER_CAPACITY_INFO = _g(
+    "drm_worker_capacity_info",
+    "Where the worker's CPU and memory capacity come from, always 1: host (the machine) or "
+    "cgroup_v1/cgroup_v2 (a container's quota or limit, tighter than the machine). "
+    "Only workers that report it.", "worker", "cpu_source", "memory_source")
 
 # --- GPUs ------------------------------------------------------------------------------------
 GPU_INFO = _g("drm_gpu_info", "GPU identity, always 1.", "worker", "gpu", "uuid", "name",
@@ -69,6 +74,15 @@ GPU_MEMORY_USED = _g("drm_gpu_memory_used_bytes", "GPU memory in use.", "worker"
 GPU_TEMPERATURE = _g("drm_gpu_temperature_celsius", "GPU core temperature.", "worker", "gpu")
 GPU_POWER = _g("drm_gpu_power_watts", "GPU power draw.", "worker", "gpu")
 GPU_ALLOCATED = _g("drm_gpu_allocated", "1 if a task has reserved the GPU.", "worker", "gpu")
+# MIG instances in their own families, so sum(drm_gpu_memory_used_bytes) counts each device once.
+GPU_MIG_INFO = _g("drm_gpu_mig_info", "MIG device identity, always 1.",
+                  "worker", "gpu", "mig_instance", "uuid")
+GPU_MIG_MEMORY_TOTAL = _g("drm_gpu_mig_memory_total_bytes",
+                          "Memory of one MIG device; part of its GPU's drm_gpu_memory_total_bytes.",
+                          "worker", "gpu", "mig_instance")
+GPU_MIG_MEMORY_USED = _g("drm_gpu_mig_memory_used_bytes",
+                         "Memory in use on one MIG device; part of its GPU's "
+                         "drm_gpu_memory_used_bytes.", "worker", "gpu", "mig_instance")
 
 # --- pools and scaling ---------------------------------------------------------------------
 POOL_WORKERS = _g("drm_pool_workers", "Workers in the pool by state.", "pool", "state")
@@ -135,6 +149,12 @@ NOT_YET_PRODUCED: dict[str, str] = {
     CLOUD_REFRESH_LAST_SUCCESS.name: "needs the cloud refreshers (issue 6)",
 }
 
+# Families only some fleets produce, with the condition (the docs and tests read this).
+ONLY_WHEN: dict[str, str] = {
+    d.name: "a GPU is in MIG mode with instances created"
+    for d in (GPU_MIG_INFO, GPU_MIG_MEMORY_TOTAL, GPU_MIG_MEMORY_USED)
+}
+
 # Bounded label values (DESIGN: every label value bounded, every reason documented).
 POOL_STATES = ("active", "provisioning", "draining")
 SCALING_RESOURCES = ("cpu", "memory", "gpu", "overall")
@@ -142,6 +162,7 @@ THRESHOLDS = ("scale_up", "scale_down", "target")
 ACTIONS = ("scale_up", "scale_down", "maintain")
 DIRECTIONS = ("up", "down")
 HOOK_OUTCOMES = ("ok", "failed", "dropped")
+CAPACITY_SOURCES = ("host", "cgroup_v1", "cgroup_v2")
 REASONS: dict[str, str] = {
     "high_utilization": "scale_up: the overall signal is at or above the scale-up threshold",
     "below_min": "scale_up: the pool has fewer workers than its minimum",

@@ -13,9 +13,11 @@ from .api import (
     MAX_GPU_MEMORY_BYTES,
     MAX_GPUS,
     MAX_MEMORY_BYTES,
+    MAX_MIG_DEVICES,
     NAME_RE,
     Route,
 )
+from .metrics import CAPACITY_SOURCES
 
 
 def _num(lo: float, hi: float, integer: bool = False, exclusive_min: bool = False,
@@ -44,6 +46,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "memory_used_bytes": _num(0, MAX_GPU_MEMORY_BYTES, True,
                                       desc="at most memory_total_bytes"),
             "temperature_celsius": _num(-50, 150), "power_watts": _num(0, 5000),
+            "mig_devices": {"type": "array", "maxItems": MAX_MIG_DEVICES,
+                            "description": "only with mig_mode enabled; indices unique",
+                            "items": {"$ref": "#/components/schemas/MigReading"}},
+        },
+    },
+    "MigReading": {
+        "type": "object", "additionalProperties": False, "required": ["index"],
+        "properties": {
+            "index": _num(0, MAX_MIG_DEVICES - 1, True, desc="the NVML slot on the parent GPU"),
+            "uuid": {"type": "string"},
+            "memory_total_bytes": _num(0, MAX_GPU_MEMORY_BYTES, True),
+            "memory_used_bytes": _num(0, MAX_GPU_MEMORY_BYTES, True,
+                                      desc="at most memory_total_bytes"),
         },
     },
     "Usage": {
@@ -67,6 +82,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "gpus": _num(0, MAX_GPUS, True, desc="whole GPUs, indexed 0..gpus-1"),
             "metrics_url": {"type": "string", "format": "uri",
                             "description": "the agent's own /metrics, listed by /sd"},
+            "capacity_source": {
+                "description": "where cpu_cores and memory_total_bytes come from: the machine "
+                               "or a container's cgroup; one value stands for both",
+                "oneOf": [
+                    {"type": "string", "enum": list(CAPACITY_SOURCES)},
+                    {"type": "object", "additionalProperties": False,
+                     "required": ["cpu", "memory"],
+                     "properties": {"cpu": {"type": "string", "enum": list(CAPACITY_SOURCES)},
+                                    "memory": {"type": "string",
+                                               "enum": list(CAPACITY_SOURCES)}}}]},
             "usage": {"$ref": "#/components/schemas/Usage"},
         },
     },

@@ -14,7 +14,7 @@ from pathlib import Path
 from .api import Api
 from .client import LocalClient
 from .clock import Clock, SystemClock
-from .collectors.gpu import GpuCollector
+from .collectors.gpu import GpuCollector, gpu_budget
 from .collectors.host import HostCollector
 from .collectors.runner import CollectorRunner
 from .collectors.status import CollectorStatus
@@ -53,6 +53,7 @@ class HostWorker:
         with self._lock:
             self._spec = replace(self._spec, cpu_cores=r.cpu_cores,
                                  memory_total_bytes=r.memory_total_bytes,
+                                 cpu_source=r.cpu_source, memory_source=r.memory_source,
                                  gpus=max(self._spec.gpus, len(self._gpus)))
             self._engine.register(self._spec, Usage(r.cpu_utilization_ratio, r.memory_used_bytes,
                                                      self._gpus))
@@ -107,7 +108,10 @@ class Service:
         self.host_worker: HostWorker | None = None
         hw = config.host_worker
         if hw.enabled and config.collectors.host.enabled:
-            gpu = GpuCollector() if config.collectors.gpu.enabled else None
+            gc = config.collectors.gpu
+            gpu = GpuCollector(interval_s=gc.interval_s,
+                               timeout_s=gpu_budget(gc.interval_s, gc.timeout_s)) \
+                if gc.enabled else None
             host = HostCollector()
             name = socket.gethostname()
             spec = WorkerSpec(worker=hw.worker or name, pool=hw.pool, provider=hw.provider,
@@ -116,9 +120,15 @@ class Service:
             self.host_worker = HostWorker(self.engine, spec, host, gpu)
             if gpu is not None:
                 self.runners.append(CollectorRunner("gpu", self.host_worker.collect_gpu,
-                                                    config.collectors.gpu.interval_s, self.status))
+                                                    config.collectors.gpu.interval_s, self.status,
+                                                    config.collectors.gpu.timeout_s))
             self.runners.append(CollectorRunner("host", self.host_worker.collect_host,
-                                                config.collectors.host.interval_s, self.status))
+                                                config.collectors.host.interval_s, self.status,
+                                                config.collectors.host.timeout_s))
+        elif hw.enabled and config.collectors.gpu.enabled:
+            # The GPU readings travel in the host worker's report: no host, no place for them.
+            log.warning("the host collector is disabled, so this machine is no worker and its "
+                        "GPUs are not collected either")
         self._stop = threading.Event()
         self._loop_thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self.http: ExporterHTTPServer | None = None

@@ -51,6 +51,9 @@ def _worker_families(view: FleetView) -> Iterator[Family]:
     yield family(m.WORKER_MEMORY_ALLOCATED, (((w.spec.worker,), w.memory_allocated)
                                              for w in ws))
     yield family(m.WORKER_TASKS_RUNNING, (((w.spec.worker,), w.tasks_running) for w in ws))
+    yield family(m.WORKER_CAPACITY_INFO, (((w.spec.worker, w.spec.cpu_source,
+                                           w.spec.memory_source), 1.0)
+                                         for w in ws if w.spec.cpu_source))
 
 
 def _gpu_families(view: FleetView) -> Iterator[Family]:
@@ -60,6 +63,9 @@ def _gpu_families(view: FleetView) -> Iterator[Family]:
         "utilization_ratio", "memory_total_bytes", "memory_used_bytes", "temperature_celsius",
         "power_watts")}
     allocated: list[Sample] = []
+    mig_info: list[Sample] = []
+    mig_total: list[Sample] = []
+    mig_used: list[Sample] = []
     for w in view.workers:
         wid = w.spec.worker
         for g in w.usage.gpus:
@@ -72,6 +78,13 @@ def _gpu_families(view: FleetView) -> Iterator[Family]:
                 v = getattr(g, name)
                 if v is not None:
                     samples.append((key, float(v)))
+            for d in g.mig_devices:
+                mkey = (*key, str(d.index))
+                mig_info.append(((*mkey, d.uuid), 1.0))
+                if d.memory_total_bytes is not None:
+                    mig_total.append((mkey, float(d.memory_total_bytes)))
+                if d.memory_used_bytes is not None:
+                    mig_used.append((mkey, float(d.memory_used_bytes)))
         for i in range(w.spec.gpus):
             allocated.append(((wid, str(i)), float(i in w.gpus_allocated)))
     yield family(m.GPU_INFO, info)
@@ -82,6 +95,9 @@ def _gpu_families(view: FleetView) -> Iterator[Family]:
     yield family(m.GPU_TEMPERATURE, fields["temperature_celsius"])
     yield family(m.GPU_POWER, fields["power_watts"])
     yield family(m.GPU_ALLOCATED, allocated)
+    yield family(m.GPU_MIG_INFO, mig_info)
+    yield family(m.GPU_MIG_MEMORY_TOTAL, mig_total)
+    yield family(m.GPU_MIG_MEMORY_USED, mig_used)
 
 
 def _pool_families(view: FleetView) -> Iterator[Family]:
