@@ -15,6 +15,12 @@
     cost:
       budgets_usd: {aws: 1000}
       prices: [{provider: aws, instance_type: m5.2xlarge, usd_per_hour: 0.384, region: "*"}]
+    cloud:                       # off unless configured; credentials from default chains only
+      aws: {min_interval_s: 28800, daily_request_cap: 20, accounts: ["123456789012"],
+            tag_key: fleet, tag_values: [drm]}
+      azure: {scopes: [/subscriptions/<id>], min_interval_s: 43200}
+      gcp: {regions: [us-central1]}
+      cache_file: cloud-cache.json   # default beside the state file
     api: {token: ""}             # DRM_EXPORTER_API_TOKEN, when set, wins
     web_config_file: web.yml     # TLS and basic auth (exporter-toolkit format, webconfig.py)
     state_file: state.db         # default $XDG_STATE_HOME/drm-exporter/state.db; "" = memory only
@@ -112,6 +118,94 @@ class CostConfig:
     prices: tuple[Price, ...] = ()  # added to (and overriding) the built-in table
 
 
+# Paid APIs are never called more often than this, whatever the config says.
+MIN_CLOUD_INTERVAL_S = 3600.0
+
+
+def _check_leash(min_interval_s: float, daily_request_cap: int) -> None:
+    if min_interval_s < MIN_CLOUD_INTERVAL_S:
+        raise ValueError(f"min_interval_s must be >= {MIN_CLOUD_INTERVAL_S:.0f} (paid API)")
+    if daily_request_cap < 1:
+        raise ValueError("daily_request_cap must be >= 1")
+
+
+@dataclass(frozen=True)
+class AwsCloudConfig:
+    """AWS Cost Explorer; credentials from boto3's default chain, never from here."""
+    enabled: bool = True
+    min_interval_s: float = 8 * 3600.0  # each page costs about $0.01
+    daily_request_cap: int = 20
+    accounts: tuple[str, ...] = ()  # linked account ids; empty: all the payer sees
+    tag_key: str = ""  # a cost allocation tag marking the fleet
+    tag_values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_leash(self.min_interval_s, self.daily_request_cap)
+        for a in self.accounts:
+            if not (len(a) == 12 and a.isdigit()):
+                raise ValueError(f"accounts must be 12-digit AWS account ids, got {a!r}")
+        if self.tag_values and not self.tag_key:
+            raise ValueError("tag_values need a tag_key")
+
+
+@dataclass(frozen=True)
+class AzureCloudConfig:
+    """Azure Cost Management query.usage per scope; DefaultAzureCredential."""
+    enabled: bool = True
+    scopes: tuple[str, ...] = ()  # e.g. /subscriptions/<id>
+    min_interval_s: float = 12 * 3600.0  # the query quota is shared by the whole tenant
+    daily_request_cap: int = 20
+    client_type: str = "drm-exporter"
+
+    def __post_init__(self) -> None:
+        _check_leash(self.min_interval_s, self.daily_request_cap)
+        if self.enabled and not self.scopes:
+            raise ValueError("scopes must list at least one scope, e.g. /subscriptions/<id>")
+        for sc in self.scopes:
+            if not sc.startswith("/"):
+                raise ValueError(f"scopes must start with '/', got {sc!r}")
+
+
+@dataclass(frozen=True)
+class GcpCloudConfig:
+    """GCP Cloud Billing Catalog prices for machine types; google.auth.default()."""
+    enabled: bool = True
+    regions: tuple[str, ...] = ()
+    min_interval_s: float = 24 * 3600.0  # list prices change rarely
+    daily_request_cap: int = 50
+
+    def __post_init__(self) -> None:
+        _check_leash(self.min_interval_s, self.daily_request_cap)
+        if self.enabled and not self.regions:
+            raise ValueError("regions must list at least one region, e.g. us-central1")
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Off unless a provider is configured (and not enabled: false)."""
+    aws: AwsCloudConfig | None = None
+    azure: AzureCloudConfig | None = None
+    gcp: GcpCloudConfig | None = None
+    # The refreshers' cache (cloud/cache.py), relative to the config file's folder; None:
+    # beside the state file, or $XDG_CACHE_HOME/drm-exporter/ when state is memory only;
+    # "": memory only (a restart calls again).
+    cache_file: str | None = None
+
+    def enabled(self) -> bool:
+        return any(p is not None and p.enabled for p in (self.aws, self.azure, self.gcp))
+
+
+def resolve_cloud_cache(cfg: Config, environ: Mapping[str, str]) -> Path | None:
+    if cfg.cloud.cache_file is not None:
+        return Path(cfg.cloud.cache_file).expanduser() if cfg.cloud.cache_file else None
+    if cfg.state_file:
+        return Path(cfg.state_file).expanduser().parent / "cloud-cache.json"
+    base = environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base and Path(base).is_absolute() else \
+        Path(environ.get("HOME") or Path.home()) / ".cache"
+    return root / "drm-exporter" / "cloud-cache.json"
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     token: str = ""  # empty: write endpoints are open (bind to localhost, or set one)
@@ -152,6 +246,7 @@ class Config:
     host_worker: HostWorkerConfig = field(default_factory=HostWorkerConfig)
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     web_config_file: str = ""  # relative to the config file's folder
     # The state file (docs/state.md), relative to the config file's folder; None: the default
@@ -349,4 +444,8 @@ def load_config_file(path: Path) -> Config:
         cfg = dataclasses.replace(cfg, web_config_file=str(path.parent / cfg.web_config_file))
     if cfg.state_file and not Path(cfg.state_file).expanduser().is_absolute():
         cfg = dataclasses.replace(cfg, state_file=str(path.parent / cfg.state_file))
+    cache = cfg.cloud.cache_file
+    if cache and not Path(cache).expanduser().is_absolute():
+        cfg = dataclasses.replace(cfg, cloud=dataclasses.replace(
+            cfg.cloud, cache_file=str(path.parent / cache)))
     return cfg

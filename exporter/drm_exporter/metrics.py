@@ -141,18 +141,18 @@ ALL: tuple[MetricDef, ...] = tuple(v for v in dict(globals()).values() if isinst
 BY_NAME: dict[str, MetricDef] = {m.name: m for m in ALL}
 
 # Families this release cannot produce yet, with the reason (the docs and tests read this).
-NOT_YET_PRODUCED: dict[str, str] = {
-    CLOUD_BILLED_COST.name: "needs the AWS/Azure billing refreshers (issue 6)",
-    CLOUD_BILLED_ESTIMATED.name: "needs the AWS/Azure billing refreshers (issue 6)",
-    CLOUD_API_REQUESTS.name: "needs the cloud refreshers (issue 6)",
-    CLOUD_REFRESH_SUCCESS.name: "needs the cloud refreshers (issue 6)",
-    CLOUD_REFRESH_LAST_SUCCESS.name: "needs the cloud refreshers (issue 6)",
-}
+NOT_YET_PRODUCED: dict[str, str] = {}
 
 # Families only some fleets produce, with the condition (the docs and tests read this).
 ONLY_WHEN: dict[str, str] = {
-    d.name: "a GPU is in MIG mode with instances created"
-    for d in (GPU_MIG_INFO, GPU_MIG_MEMORY_TOTAL, GPU_MIG_MEMORY_USED)
+    **{d.name: "a GPU is in MIG mode with instances created"
+       for d in (GPU_MIG_INFO, GPU_MIG_MEMORY_TOTAL, GPU_MIG_MEMORY_USED)},
+    **{d.name: "a cloud source is configured (`cloud:`) and has been tried"
+       for d in (CLOUD_API_REQUESTS, CLOUD_REFRESH_SUCCESS)},
+    CLOUD_REFRESH_LAST_SUCCESS.name: "a cloud source has refreshed successfully once",
+    **{d.name: "AWS or Azure billing is configured and has answered; GCP billed spend needs "
+       "the BigQuery billing export, which this release does not read"
+       for d in (CLOUD_BILLED_COST, CLOUD_BILLED_ESTIMATED)},
 }
 
 # Bounded label values (DESIGN: every label value bounded, every reason documented).

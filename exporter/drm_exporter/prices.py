@@ -7,6 +7,7 @@ them in config (`cost.prices`) for your regions, discounts and commitments.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 PRICE_TABLE_DATE = "2026-12-03"
@@ -39,13 +40,41 @@ DEFAULT_PRICES: tuple[Price, ...] = (
 
 
 class PriceBook:
-    def __init__(self, prices: tuple[Price, ...] = DEFAULT_PRICES) -> None:
-        self._by_key: dict[tuple[str, str, str], Price] = {}
-        for p in prices:
-            if p.usd_per_hour < 0:
-                raise ValueError(f"negative price for {p.provider}/{p.instance_type}")
-            self._by_key[(p.provider, p.instance_type, p.region)] = p
+    """Prices in three layers, first match wins: `overrides` (config `cost.prices`), then the
+    catalog (refreshed in the background, cloud/refresher.py), then the built-in table. Config
+    wins over the catalog because an operator who writes a price means it (discounts,
+    commitments); the catalog wins over the built-in table because it is newer. Within a layer
+    a region-specific entry wins over "*"."""
+
+    def __init__(self, prices: tuple[Price, ...] = DEFAULT_PRICES,
+                 overrides: tuple[Price, ...] = ()) -> None:
+        self._base = _index(prices)
+        self._overrides = _index(overrides)
+        self._catalog: dict[tuple[str, str, str], Price] = {}
+        # The catalog is swapped from a refresher thread while the engine looks prices up.
+        self._lock = threading.Lock()
+
+    def set_catalog(self, prices: tuple[Price, ...]) -> None:
+        """Replace the catalog layer as a whole (a refresh returns every price it knows)."""
+        catalog = _index(prices)
+        with self._lock:
+            self._catalog = catalog
 
     def lookup(self, provider: str, region: str, instance_type: str) -> Price | None:
-        return (self._by_key.get((provider, instance_type, region))
-                or self._by_key.get((provider, instance_type, "*")))
+        with self._lock:
+            layers = (self._overrides, self._catalog, self._base)
+        for layer in layers:
+            p = (layer.get((provider, instance_type, region))
+                 or layer.get((provider, instance_type, "*")))
+            if p is not None:
+                return p
+        return None
+
+
+def _index(prices: tuple[Price, ...]) -> dict[tuple[str, str, str], Price]:
+    out: dict[tuple[str, str, str], Price] = {}
+    for p in prices:
+        if p.usd_per_hour < 0:
+            raise ValueError(f"negative price for {p.provider}/{p.instance_type}")
+        out[(p.provider, p.instance_type, p.region)] = p
+    return out

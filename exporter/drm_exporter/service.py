@@ -14,11 +14,21 @@ from pathlib import Path
 from .api import Api
 from .client import LocalClient
 from .clock import Clock, SystemClock
+from .cloud.cache import CloudCache
+from .cloud.refresher import CloudRefreshers, Leash, Refresher
 from .collectors.gpu import GpuCollector, gpu_budget
 from .collectors.host import HostCollector
 from .collectors.runner import CollectorRunner
 from .collectors.status import CollectorStatus
-from .config import API_TOKEN_ENV, Config, api_token, parse_listen_address
+from .config import (
+    API_TOKEN_ENV,
+    CloudConfig,
+    Config,
+    ConfigError,
+    api_token,
+    parse_listen_address,
+    resolve_cloud_cache,
+)
 from .engine import Engine
 from .exposition import SnapshotStore
 from .fleet import GpuReading, Usage, WorkerSpec
@@ -71,6 +81,39 @@ class HostWorker:
             self._gpus = gpus
 
 
+def cloud_refreshers(cfg: CloudConfig, cache_path: Path | None, prices: PriceBook,
+                     clock: Clock) -> CloudRefreshers:
+    """One refresher per enabled provider. The SDKs are imported here, only when configured,
+    so the core install needs none of them."""
+    cache = CloudCache(cache_path)
+    out: list[Refresher] = []
+    try:
+        if cfg.aws is not None and cfg.aws.enabled:
+            import boto3  # noqa: F401  (fail now, not on the first refresh)
+
+            from .cloud.aws import AwsCostExplorerSource
+            out.append(Refresher(AwsCostExplorerSource(cfg.aws.accounts, cfg.aws.tag_key,
+                                                       cfg.aws.tag_values),
+                                 Leash(cfg.aws.min_interval_s, cfg.aws.daily_request_cap),
+                                 cache, clock))
+        if cfg.azure is not None and cfg.azure.enabled:
+            from .cloud.azure import AzureCostSource
+            out.append(Refresher(AzureCostSource(list(cfg.azure.scopes),
+                                                 client_type=cfg.azure.client_type),
+                                 Leash(cfg.azure.min_interval_s, cfg.azure.daily_request_cap),
+                                 cache, clock))
+        if cfg.gcp is not None and cfg.gcp.enabled:
+            from .cloud.gcp import GcpCatalogSource
+            out.append(Refresher(GcpCatalogSource(list(cfg.gcp.regions)),
+                                 Leash(cfg.gcp.min_interval_s, cfg.gcp.daily_request_cap),
+                                 cache, clock,
+                                 on_catalog=lambda c: prices.set_catalog(c.prices)))
+    except ImportError as e:
+        raise ConfigError(f"cloud: {e.name or e} is not installed: pip install "
+                          "'drm-exporter[aws,azure,gcp]' (or the one extra you use)") from e
+    return CloudRefreshers(out)
+
+
 class Service:
     def __init__(self, config: Config, clock: Clock | None = None,
                  environ: Mapping[str, str] | None = None, reset_state: bool = False) -> None:
@@ -90,7 +133,10 @@ class Service:
         if config.simulator.enabled:
             for pool in SIMULATED_POOLS:
                 policies.setdefault(pool, PoolPolicy())
-        prices = PriceBook(DEFAULT_PRICES + config.cost.prices)
+        prices = PriceBook(DEFAULT_PRICES, overrides=config.cost.prices)
+        # Built before anything starts, so a missing SDK is a ConfigError and exit 2.
+        self.cloud = cloud_refreshers(config.cloud, resolve_cloud_cache(config, env), prices,
+                                      clock) if config.cloud.enabled() else None
         self.state: StateStore | None = open_state(Path(config.state_file), reset_state) \
             if config.state_file else None
         self.engine = Engine(policies, config.engine, prices, config.cost.budgets_usd, clock,
@@ -149,7 +195,8 @@ class Service:
 
     def publish(self) -> None:
         self.store.publish(build_families(self.engine.view(), self.status.snapshot(),
-                                          self.hooks.counts()))
+                                          self.hooks.counts(),
+                                          self.cloud.view() if self.cloud else None))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.tick_interval_s):
@@ -174,6 +221,8 @@ class Service:
         self.http.start_background()
         for r in self.runners:
             r.start_after_first()
+        if self.cloud is not None:
+            self.cloud.start()
         self._loop_thread.start()
 
     def stop(self) -> None:
@@ -182,6 +231,8 @@ class Service:
         self._stop.set()
         for r in self.runners:
             r.stop()
+        if self.cloud is not None:
+            self.cloud.stop()
         if self.http is not None:
             self.http.drain(DRAIN_TIMEOUT_S)
         if self._loop_thread.is_alive():

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 
 from . import __version__
 from . import metrics as m
+from .cloud.refresher import CloudView
 from .collectors.status import CollectorState
 from .engine import FleetView
 from .exposition import Family, Sample, family
@@ -14,7 +15,8 @@ from .hooks import HookCounts
 
 
 def build_families(view: FleetView, collectors: dict[str, CollectorState],
-                   hooks: Mapping[str, HookCounts] | None = None) -> list[Family]:
+                   hooks: Mapping[str, HookCounts] | None = None,
+                   cloud: CloudView | None = None) -> list[Family]:
     fams: list[Family] = [
         family(m.BUILD_INFO, [((__version__, platform.python_version()), 1.0)]),
     ]
@@ -30,6 +32,8 @@ def build_families(view: FleetView, collectors: dict[str, CollectorState],
     fams.extend(_pool_families(view))
     fams.extend(_hook_families(hooks or {}))
     fams.extend(_cost_families(view))
+    if cloud is not None:
+        fams.extend(_cloud_families(cloud))
     return [f for f in fams if f.samples]
 
 
@@ -140,3 +144,16 @@ def _cost_families(view: FleetView) -> Iterator[Family]:
     yield family(m.CLOUD_UNPRICED_WORKERS, sorted(((k, float(v)) for k, v in
                                                    view.unpriced.items())))
     yield family(m.CLOUD_BUDGET, sorted(((p,), v) for p, v in view.budgets_usd.items()))
+
+
+def _cloud_families(cloud: CloudView) -> Iterator[Family]:
+    # Gauges, not counters: providers restate billed figures, and a credit may lower them.
+    yield family(m.CLOUD_BILLED_COST, sorted(
+        ((b.provider, b.account, b.service, b.window, b.currency), b.amount)
+        for b in cloud.billed))
+    yield family(m.CLOUD_BILLED_ESTIMATED, sorted((k, float(v))
+                                                  for k, v in cloud.estimated.items()))
+    yield family(m.CLOUD_API_REQUESTS, sorted((k, float(v)) for k, v in cloud.requests.items()))
+    yield family(m.CLOUD_REFRESH_SUCCESS, sorted((k, float(v))
+                                                 for k, v in cloud.success.items()))
+    yield family(m.CLOUD_REFRESH_LAST_SUCCESS, sorted(cloud.last_success.items()))
