@@ -27,6 +27,8 @@ test: system-deps $(STAMP)
 
 dashboards: $(STAMP)
 	$(VENV)/bin/drm-exporter dashboards
+	$(VENV)/bin/python -m drm_exporter.kubernetes
+	$(VENV)/bin/drm-exporter docs
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

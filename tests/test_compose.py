@@ -1,5 +1,7 @@
-"""The compose bundle, validated statically (no Docker engine here): schema via Debian's
-docker-compose `config`, then the wiring between exporter, Prometheus and Grafana."""
+"""The compose bundle, validated statically (no Docker engine here): the compose-spec schema
+(check-jsonschema's vendored copy) and Debian's docker-compose `config`, `promtool check config`
+on the Prometheus config, then the wiring between exporter, Prometheus, Alertmanager and
+Grafana."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,8 +42,79 @@ def test_schema_valid_and_password_has_no_default() -> None:
     assert missing.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in missing.stderr
 
 
+def test_compose_spec_schema() -> None:
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    if not exe.exists():
+        pytest.fail("check-jsonschema is missing: pip install -e '.[dev]'")
+    done = subprocess.run([str(exe), "--builtin-schema", "vendor.compose-spec",
+                           str(DEPLOY / "docker-compose.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_checks_prometheus_config_and_rule_files_exist() -> None:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail("promtool is missing: `make test` installs it (deploy/local/bootstrap.sh)")
+    prom_dir = REPO / "prometheus"
+    prom = yaml.safe_load((prom_dir / "prometheus.yml").read_text())
+    # A glob that matches nothing is no error for Prometheus, so check each names a file.
+    for pattern in prom["rule_files"]:
+        assert list(prom_dir.glob(pattern)), f"rule_files entry {pattern!r} names no file"
+    # Relative rule_files resolve against the config's folder, as under /etc/prometheus.
+    done = subprocess.run([exe, "check", "config", str(prom_dir / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 0 rule files found" not in done.stdout
+
+
+def test_healthchecks_gate_startup() -> None:
+    for name, svc in SERVICES.items():
+        assert svc["healthcheck"]["test"][0] == "CMD", name
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert cond == {"condition": "service_healthy"}, (name, dep)
+    assert set(SERVICES["prometheus"]["depends_on"]) == {"exporter", "alertmanager"}
+    assert set(SERVICES["grafana"]["depends_on"]) == {"prometheus"}
+
+
+def test_prometheus_reloadable_from_mounted_folder() -> None:
+    prom = SERVICES["prometheus"]
+    assert "--web.enable-lifecycle" in prom["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    # The folder, not single files: an atomic save (rename) stays visible in the container.
+    assert "../prometheus:/etc/prometheus:ro" in prom["volumes"]
+
+
+def test_alertmanager_wired_to_prometheus() -> None:
+    am = SERVICES["alertmanager"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in am["volumes"]}
+    config_path = next(c.split("=", 1)[1] for c in am["command"]
+                       if c.startswith("--config.file="))
+    am_cfg = yaml.safe_load((DEPLOY / mounts[config_path]).read_text())
+    receivers = {r["name"] for r in am_cfg["receivers"]}
+    assert am_cfg["route"]["receiver"] in receivers
+    prom = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for am_conf in prom["alerting"]["alertmanagers"]
+               for sc in am_conf["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert "127.0.0.1:9093:9093" in am["ports"]
+
+
+def test_state_on_named_volumes_and_provisioning_read_only() -> None:
+    named = set(COMPOSE["volumes"])
+    graf = SERVICES["grafana"]["volumes"]
+    assert "grafana-data:/var/lib/grafana" in graf and "grafana-data" in named
+    for vol in graf:
+        if "provisioning" in vol:
+            assert vol.endswith(":ro"), vol
+    for name, svc in SERVICES.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            assert src.startswith(".") or src in named, (name, vol)
+
+
 def test_images_pinned_and_ports_on_loopback() -> None:
-    assert set(SERVICES) == {"exporter", "prometheus", "grafana"}
+    assert set(SERVICES) == {"exporter", "prometheus", "alertmanager", "grafana"}
     for name, svc in SERVICES.items():
         image = svc["image"]
         assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), name

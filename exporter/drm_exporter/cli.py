@@ -125,7 +125,7 @@ def _render(args: argparse.Namespace) -> int:
 def _dashboards(args: argparse.Namespace) -> int:
     from drm_dashboards.build import write_all
 
-    paths = write_all(args.out, rules_path=args.rules)
+    paths = write_all(args.out, rules_path=args.rules, alerts_path=args.alerts)
     for p in paths:
         print(p)
     return 0
@@ -195,12 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus scrape interval, for $__rate_interval (default 15s)")
     r.set_defaults(fn=_render)
 
-    d = sub.add_parser("dashboards", help="generate the dashboard JSON and recording rules",
-                       description="Generate the five dashboards (grafanalib) as JSON and the "
-                       "recording rules they use.")
+    d = sub.add_parser("dashboards",
+                       help="generate the dashboard JSON, recording rules and alerting rules",
+                       description="Generate the five dashboards (grafanalib) as JSON, the "
+                       "recording rules they use and the alerting rules.")
     d.add_argument("--out", type=Path, default=DASHBOARDS_DIR, help="JSON output folder")
     d.add_argument("--rules", type=Path, default=RULES_DIR / "recording.yml",
                    help="recording rules output file")
+    d.add_argument("--alerts", type=Path, default=RULES_DIR / "alerts.yml",
+                   help="alerting rules output file")
     d.set_defaults(fn=_dashboards)
 
     from .agent import add_agent_parser

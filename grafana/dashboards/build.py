@@ -1,7 +1,7 @@
 """Generate the dashboards' JSON (and the recording rules they use) for provisioning.
 
 `generate()` is plain data; `write_all()` writes what is committed under
-grafana/provisioning/dashboards/ and prometheus/rules/recording.yml.
+grafana/provisioning/dashboards/, prometheus/rules/recording.yml and prometheus/rules/alerts.yml.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from grafanalib._gen import DashboardEncoder
 from grafanalib.core import Dashboard
 
-from drm_exporter import recording
+from drm_exporter import alerts, recording
 
 from . import allocation, cost, efficiency, scaling, uids, utilization
 
@@ -58,9 +58,10 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def write_all(out_dir: Path, rules_path: Path | None = None) -> list[Path]:
-    """Write `<uid>.json` for each dashboard into out_dir and, when rules_path is given, the
-    recording rules file there. Returns the paths written."""
+def write_all(out_dir: Path, rules_path: Path | None = None,
+              alerts_path: Path | None = None) -> list[Path]:
+    """Write `<uid>.json` for each dashboard into out_dir and, when rules_path / alerts_path
+    are given, the recording / alerting rules files there. Returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -73,4 +74,9 @@ def write_all(out_dir: Path, rules_path: Path | None = None) -> list[Path]:
         rules_path.parent.mkdir(parents=True, exist_ok=True)
         rules_path.write_text(recording.render_yaml(), encoding="utf-8")
         written.append(rules_path)
+    if alerts_path is not None:
+        alerts_path = Path(alerts_path)
+        alerts_path.parent.mkdir(parents=True, exist_ok=True)
+        alerts_path.write_text(alerts.render_yaml(), encoding="utf-8")
+        written.append(alerts_path)
     return written
