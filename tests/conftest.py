@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import ipaddress
+import socket
+from typing import Any
+
 import pytest
 
 from drm_exporter.clock import ManualClock
@@ -34,3 +38,30 @@ def engine(clock: ManualClock) -> Engine:
     policy = PoolPolicy(cooldown_up_s=30, cooldown_down_s=60, evaluation_interval_s=10,
                         min_workers=1, max_workers=6, max_step=2, evaluation_window_s=0)
     return Engine({"cpu": policy}, EngineSettings(heartbeat_timeout_s=30), clock=clock)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection to a non-loopback address fails: the cloud tests must stay offline."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                raise OSError(f"test tried to reach {host}")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        check(sock, address)
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime
 
 import pytest
@@ -19,17 +18,7 @@ NOW = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
 ACCT = "123456789012"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.socket.connect
-
-    def connect(self: socket.socket, address: object) -> None:
-        host = address[0] if isinstance(address, tuple) else ""
-        if host and host not in ("127.0.0.1", "::1", "localhost"):
-            raise OSError(f"test tried the network: {address}")
-        real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network
 
 
 def page(amounts: dict[str, str], estimated: bool, token: str | None = None) -> dict:

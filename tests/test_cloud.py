@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,17 +20,7 @@ from drm_exporter.snapshot import build_families
 START = datetime(2026, 12, 3, 9, 30, tzinfo=UTC).timestamp()
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.socket.connect
-
-    def connect(self: socket.socket, address: object) -> None:
-        host = address[0] if isinstance(address, tuple) else ""
-        if host and host not in ("127.0.0.1", "::1", "localhost"):
-            raise OSError(f"test tried the network: {address}")
-        real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network
 
 
 class PagedSource:

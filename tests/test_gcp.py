@@ -3,8 +3,6 @@ do: the gRPC stub's __call__ answers with canned ListSkusResponse pages."""
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -27,30 +25,7 @@ NOW = datetime(2026, 3, 15, tzinfo=UTC)
 API = "cloudbilling:list_skus"
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def check(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0]
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = host == "localhost"
-            if not loopback:
-                raise OSError(f"test tried to reach {host}")
-
-    def connect(sock: socket.socket, address: Any) -> None:
-        check(sock, address)
-        real_connect(sock, address)
-
-    def connect_ex(sock: socket.socket, address: Any) -> int:
-        check(sock, address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network
 
 
 def money(usd: str) -> money_pb2.Money:
