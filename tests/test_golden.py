@@ -1,7 +1,9 @@
 """End to end, exact: fixture inputs (a fake psutil and cgroup behind HostCollector, a fake NVML
 behind GpuCollector, an engine on a ManualClock with workers, reservations and a scaling
 decision) → build_families → format_text, compared byte for byte with tests/golden/e2e-output.txt
-and linted by `promtool check metrics` (node_exporter's e2e test, in Python).
+(text format 0.0.4) and e2e-output.openmetrics.txt (OpenMetrics 1.0), the first linted by
+`promtool check metrics`, the second parsed by prometheus_client's strict OpenMetrics parser
+(node_exporter's e2e test, in Python).
 
 A deliberate change to the exposition: UPDATE_GOLDEN=1 pytest tests/test_golden.py rewrites
 the file; review its diff like code.
@@ -16,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import GIB, spec
 from fakenvml import FakeNvml, gpu
 from test_collectors import FakePsutil
@@ -28,7 +32,7 @@ from drm_exporter.collectors.host import HostCollector
 from drm_exporter.collectors.runner import CollectorRunner
 from drm_exporter.collectors.status import CollectorStatus
 from drm_exporter.engine import Engine, EngineSettings
-from drm_exporter.exposition import format_text
+from drm_exporter.exposition import OPENMETRICS, TEXT, format_text
 from drm_exporter.fleet import Usage, WorkerSpec
 from drm_exporter.hooks import HookCounts
 from drm_exporter.prices import DEFAULT_PRICES, PriceBook
@@ -37,6 +41,7 @@ from drm_exporter.service import HostWorker
 from drm_exporter.snapshot import build_families
 
 GOLDEN = Path(__file__).parent / "golden" / "e2e-output.txt"
+GOLDEN_OM = Path(__file__).parent / "golden" / "e2e-output.openmetrics.txt"
 
 
 class FakeCgroup:
@@ -50,7 +55,7 @@ class FakeCgroup:
                              memory_used_bytes=3 * GIB, cpu_usage_seconds=self.cpu_s)
 
 
-def exposition() -> str:
+def exposition(fmt: str = TEXT) -> str:
     clock = ManualClock()
     policy = PoolPolicy(cooldown_up_s=30, cooldown_down_s=60, evaluation_interval_s=10,
                         min_workers=1, max_workers=6, max_step=2, evaluation_window_s=0)
@@ -84,23 +89,38 @@ def exposition() -> str:
     decisions = engine.tick()  # the cpu pool runs hot: a scale-up
     assert any(d.action == "scale_up" for d in decisions), decisions
     hooks = {"cpu": HookCounts({"ok": 1, "failed": 0, "dropped": 0}, 1)}
-    text = format_text(build_families(engine.view(), status.snapshot(), hooks)).decode()
+    text = format_text(build_families(engine.view(), status.snapshot(), hooks), fmt).decode()
     # The build's own versions are the one thing a fixture cannot pin.
     return text.replace(f'version="{__version__}"', 'version="VERSION"').replace(
         f'python_version="{platform.python_version()}"', 'python_version="PYTHON"')
 
 
-def test_exposition_matches_golden_file() -> None:
-    got = exposition()
+@pytest.mark.parametrize(("fmt", "golden"), [(TEXT, GOLDEN), (OPENMETRICS, GOLDEN_OM)])
+def test_exposition_matches_golden_file(fmt: str, golden: Path) -> None:
+    got = exposition(fmt)
     if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(got, encoding="utf-8")
-    want = GOLDEN.read_text(encoding="utf-8") if GOLDEN.exists() else ""
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(got, encoding="utf-8")
+    want = golden.read_text(encoding="utf-8") if golden.exists() else ""
     if got != want:
         diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True),
-                                            str(GOLDEN), "exposition now"))
-        raise AssertionError(f"the exposition differs from {GOLDEN.name}; if the change is "
+                                            str(golden), "exposition now"))
+        raise AssertionError(f"the exposition differs from {golden.name}; if the change is "
                              f"intended, rerun with UPDATE_GOLDEN=1 and review the diff\n{diff}")
+
+
+def test_openmetrics_golden_parses_strictly_to_the_same_samples() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+    from prometheus_client.parser import text_string_to_metric_families as text_parse
+
+    def samples(fams) -> dict:  # noqa: ANN001
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams
+                for s in f.samples}
+    om = samples(om_parse(GOLDEN_OM.read_text(encoding="utf-8")))
+    text = samples(text_parse(GOLDEN.read_text(encoding="utf-8")))
+    assert om == text and len(om) > 100
+    assert GOLDEN_OM.read_text(encoding="utf-8").endswith("\n# EOF\n")
+    assert "# TYPE drm_cloud_cost_usd counter" in GOLDEN_OM.read_text(encoding="utf-8")
 
 
 def test_golden_file_passes_promtool() -> None:

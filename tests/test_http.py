@@ -90,6 +90,35 @@ def test_gzip_when_asked_and_healthz(svc: Service) -> None:
     assert e.value.code == 404
 
 
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+def test_openmetrics_for_prometheus_headers_with_the_same_samples(svc: Service) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    def samples(fams) -> dict:  # noqa: ANN001
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams
+                for s in f.samples}
+
+    for _ in range(20):  # the service publishes every 0.1 s: retry until both saw one fleet
+        with get(svc, "/metrics", {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}) as r:
+            assert r.headers["Content-Type"] == (
+                "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            assert r.headers["Content-Encoding"] == "gzip"
+            om_text = gzip.decompress(r.read()).decode()
+        with get(svc, "/metrics", {"Accept": "text/plain;version=0.0.4"}) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = samples(text_string_to_metric_families(r.read().decode()))
+        assert om_text.endswith("\n# EOF\n")
+        om = samples(om_parse(om_text))  # the strict parser
+        if om.keys() == text.keys():
+            break
+    assert om.keys() == text.keys() and len(om) > 50
+    constant = [k for k in om if k[0] in ("drm_worker_cpu_cores", "drm_worker_memory_total_bytes")]
+    assert constant and all(om[k] == text[k] for k in constant)
+
+
 def test_host_worker_agrees_with_psutil(svc: Service) -> None:
     fams = scrape(svc)
     host = socket.gethostname()

@@ -10,7 +10,7 @@ from . import metrics as m
 from .cloud.refresher import CloudView
 from .collectors.status import CollectorState
 from .engine import FleetView
-from .exposition import Family, Sample, family
+from .exposition import Family, Sample, columns, family
 from .hooks import HookCounts
 
 
@@ -34,39 +34,52 @@ def build_families(view: FleetView, collectors: dict[str, CollectorState],
     fams.extend(_cost_families(view))
     if cloud is not None:
         fams.extend(_cloud_families(cloud))
-    return [f for f in fams if f.samples]
+    return [f for f in fams if f.keys]
 
 
 def _worker_families(view: FleetView) -> Iterator[Family]:
+    # Columns, with one key tuple per worker shared by every per-worker family.
     ws = view.workers
-    yield family(m.WORKER_INFO, (((w.spec.worker, w.spec.pool, w.spec.provider, w.spec.region,
-                                   w.spec.instance_type, w.spec.hostname), 1.0) for w in ws))
-    yield family(m.WORKER_UP, (((w.spec.worker,), float(w.up)) for w in ws))
-    yield family(m.WORKER_LAST_REPORT, (((w.spec.worker,), w.last_report) for w in ws))
-    yield family(m.WORKER_CPU_CORES, (((w.spec.worker,), w.spec.cpu_cores) for w in ws))
-    yield family(m.WORKER_CPU_ALLOCATED, (((w.spec.worker,), w.cpu_allocated) for w in ws))
-    yield family(m.WORKER_CPU_UTILIZATION, (((w.spec.worker,), w.usage.cpu_utilization_ratio)
-                                            for w in ws
-                                            if w.usage.cpu_utilization_ratio is not None))
-    yield family(m.WORKER_MEMORY_TOTAL, (((w.spec.worker,), w.spec.memory_total_bytes)
-                                         for w in ws))
-    yield family(m.WORKER_MEMORY_USED, (((w.spec.worker,), w.usage.memory_used_bytes)
-                                        for w in ws if w.usage.memory_used_bytes is not None))
-    yield family(m.WORKER_MEMORY_ALLOCATED, (((w.spec.worker,), w.memory_allocated)
-                                             for w in ws))
-    yield family(m.WORKER_TASKS_RUNNING, (((w.spec.worker,), w.tasks_running) for w in ws))
+    keys = [(w.spec.worker,) for w in ws]
+    yield columns(m.WORKER_INFO, [(w.spec.worker, w.spec.pool, w.spec.provider, w.spec.region,
+                                   w.spec.instance_type, w.spec.hostname) for w in ws],
+                  [1.0] * len(ws))
+    yield columns(m.WORKER_UP, keys, [w.up for w in ws])
+    yield columns(m.WORKER_LAST_REPORT, keys, [w.last_report for w in ws])
+    yield columns(m.WORKER_CPU_CORES, keys, [w.spec.cpu_cores for w in ws])
+    yield columns(m.WORKER_CPU_ALLOCATED, keys, [w.cpu_allocated for w in ws])
+    yield _present(m.WORKER_CPU_UTILIZATION, keys,
+                   [w.usage.cpu_utilization_ratio for w in ws])
+    yield columns(m.WORKER_MEMORY_TOTAL, keys, [w.spec.memory_total_bytes for w in ws])
+    yield _present(m.WORKER_MEMORY_USED, keys, [w.usage.memory_used_bytes for w in ws])
+    yield columns(m.WORKER_MEMORY_ALLOCATED, keys, [w.memory_allocated for w in ws])
+    yield columns(m.WORKER_TASKS_RUNNING, keys, [w.tasks_running for w in ws])
     yield family(m.WORKER_CAPACITY_INFO, (((w.spec.worker, w.spec.cpu_source,
                                            w.spec.memory_source), 1.0)
                                          for w in ws if w.spec.cpu_source))
 
 
+def _present(metric: m.MetricDef, keys: list[tuple[str, ...]],
+             values: list[float | None]) -> Family:
+    """The samples whose value is known: an unknown reading is absent, never a fake 0."""
+    if None not in values:
+        return columns(metric, keys, values)
+    return columns(metric, [k for k, v in zip(keys, values, strict=True) if v is not None],
+                   [v for v in values if v is not None])
+
+
+_GPU_FIELDS = ("utilization_ratio", "memory_total_bytes", "memory_used_bytes",
+               "temperature_celsius", "power_watts")
+
+
 def _gpu_families(view: FleetView) -> Iterator[Family]:
     info: list[Sample] = []
-    up: list[Sample] = []
-    fields: dict[str, list[Sample]] = {k: [] for k in (
-        "utilization_ratio", "memory_total_bytes", "memory_used_bytes", "temperature_celsius",
-        "power_watts")}
-    allocated: list[Sample] = []
+    up_keys: list[tuple[str, ...]] = []
+    up: list[float] = []
+    keys: list[tuple[str, ...]] = []  # the GPUs that are up: one tuple shared by all fields
+    readings = []
+    alloc_keys: list[tuple[str, ...]] = []
+    allocated: list[float] = []
     mig_info: list[Sample] = []
     mig_total: list[Sample] = []
     mig_used: list[Sample] = []
@@ -74,14 +87,13 @@ def _gpu_families(view: FleetView) -> Iterator[Family]:
         wid = w.spec.worker
         for g in w.usage.gpus:
             key = (wid, str(g.index))
-            up.append((key, float(g.up)))
+            up_keys.append(key)
+            up.append(g.up)
             if not g.up:  # a lost GPU's old values would be lies: only up=0 remains
                 continue
+            keys.append(key)
+            readings.append(g)
             info.append(((wid, str(g.index), g.uuid, g.name, g.driver_version, g.mig_mode), 1.0))
-            for name, samples in fields.items():
-                v = getattr(g, name)
-                if v is not None:
-                    samples.append((key, float(v)))
             for d in g.mig_devices:
                 mkey = (*key, str(d.index))
                 mig_info.append(((*mkey, d.uuid), 1.0))
@@ -90,15 +102,16 @@ def _gpu_families(view: FleetView) -> Iterator[Family]:
                 if d.memory_used_bytes is not None:
                     mig_used.append((mkey, float(d.memory_used_bytes)))
         for i in range(w.spec.gpus):
-            allocated.append(((wid, str(i)), float(i in w.gpus_allocated)))
+            alloc_keys.append((wid, str(i)))
+            allocated.append(i in w.gpus_allocated)
+    fields = {name: _present(metric, keys, [getattr(g, name) for g in readings])
+              for name, metric in zip(_GPU_FIELDS, (m.GPU_UTILIZATION, m.GPU_MEMORY_TOTAL,
+                                                     m.GPU_MEMORY_USED, m.GPU_TEMPERATURE,
+                                                     m.GPU_POWER), strict=True)}
     yield family(m.GPU_INFO, info)
-    yield family(m.GPU_UP, up)
-    yield family(m.GPU_UTILIZATION, fields["utilization_ratio"])
-    yield family(m.GPU_MEMORY_TOTAL, fields["memory_total_bytes"])
-    yield family(m.GPU_MEMORY_USED, fields["memory_used_bytes"])
-    yield family(m.GPU_TEMPERATURE, fields["temperature_celsius"])
-    yield family(m.GPU_POWER, fields["power_watts"])
-    yield family(m.GPU_ALLOCATED, allocated)
+    yield columns(m.GPU_UP, up_keys, up)
+    yield from fields.values()
+    yield columns(m.GPU_ALLOCATED, alloc_keys, allocated)
     yield family(m.GPU_MIG_INFO, mig_info)
     yield family(m.GPU_MIG_MEMORY_TOTAL, mig_total)
     yield family(m.GPU_MIG_MEMORY_USED, mig_used)

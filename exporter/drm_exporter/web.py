@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .api import API_PREFIX, Api, ApiError
-from .exposition import CONTENT_TYPE, SnapshotStore
+from .exposition import CONTENT_TYPES, SnapshotStore, negotiate
 from .webconfig import REALM, BasicAuth
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/metrics":
             gz = accepts_gzip(self.headers.get("Accept-Encoding"))
-            self._send(HTTPStatus.OK, self.server.store.body(gz), CONTENT_TYPE,
+            fmt = negotiate(self.headers.get("Accept"))
+            self._send(HTTPStatus.OK, self.server.store.body(gz, fmt), CONTENT_TYPES[fmt],
                        {"Content-Encoding": "gzip"} if gz else {})
         elif path == "/healthz":
             self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
