@@ -9,6 +9,7 @@ import random
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -90,7 +91,9 @@ def test_non_finite_values_are_spelled_for_both_parsers(fmt: str) -> None:
             for i in range(1, 6)] == vals[1:]
 
 
-def test_ints_and_bools_become_floats_and_label_counts_are_checked() -> None:
+def test_ints_stay_ints_bools_become_floats_and_label_counts_are_checked() -> None:
+    f = columns(WORKER_UP, [("a",), ("b",)], [1, 96])
+    assert f.values == (1, 96) and b'drm_worker_up{worker="b"} 96\n' in format_text([f])
     f = columns(WORKER_UP, [("a",), ("b",)], [True, 96])
     assert f.values == (1.0, 96.0) and all(type(v) is float for v in f.values)
     assert b'drm_worker_up{worker="a"} 1.0\n' in format_text([f])
@@ -161,15 +164,16 @@ def test_gzip_pieces_decompress_to_exactly_the_plain_body_across_snapshots(fmt: 
 
 def test_unchanged_families_are_not_formatted_again(monkeypatch: pytest.MonkeyPatch) -> None:
     formatted: list[str] = []
-    real = Formatter.family_text
+    real = Formatter.family_parts
 
-    def counting(self: Formatter, f: Family, fmt: str = TEXT) -> str:
+    def counting(self: Formatter, f: Family, fmt: str = TEXT) -> Iterator[str]:
         formatted.append(f.metric.name)
         return real(self, f, fmt)
-    monkeypatch.setattr(Formatter, "family_text", counting)
+    monkeypatch.setattr(Formatter, "family_parts", counting)
     formatter = Formatter()
     keys = [("w1", "0"), ("w2", "0")]
-    first = [columns(GPU_UTILIZATION, keys, [0.1, 0.2]), columns(GPU_TEMPERATURE, keys, [40, 41])]
+    first = [columns(GPU_UTILIZATION, keys, [0.1, 0.2]),
+             columns(GPU_TEMPERATURE, keys, [40.0, 41.0])]
     formatter.gzip_body(first, OPENMETRICS)
     assert formatted == [GPU_UTILIZATION.name, GPU_TEMPERATURE.name]
     formatted.clear()

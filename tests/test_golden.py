@@ -19,7 +19,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import GIB, spec
 from fakenvml import FakeNvml, gpu
 from test_collectors import FakePsutil

@@ -56,15 +56,7 @@ DEFAULT_INTERVAL_S = 10.0
 DEFAULT_BACKOFF_CAP_S = 300.0
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 
-# What an agent knows first-hand. Reservations, pools, scaling and cost live on the
-# coordinator: an agent exporting its local zeros for them would contradict it.
-AGENT_METRICS: tuple[m.MetricDef, ...] = (
-    m.BUILD_INFO, m.COLLECTOR_SUCCESS, m.COLLECTOR_DURATION, m.COLLECTOR_LAST_SUCCESS,
-    m.WORKER_INFO, m.WORKER_UP, m.WORKER_LAST_REPORT, m.WORKER_CPU_CORES,
-    m.WORKER_CPU_UTILIZATION, m.WORKER_MEMORY_TOTAL, m.WORKER_MEMORY_USED,
-    m.GPU_INFO, m.GPU_UP, m.GPU_UTILIZATION, m.GPU_MEMORY_TOTAL, m.GPU_MEMORY_USED,
-    m.GPU_TEMPERATURE, m.GPU_POWER, m.GPU_MIG_INFO, m.GPU_MIG_MEMORY_TOTAL, m.GPU_MIG_MEMORY_USED,
-)
+AGENT_METRICS = m.AGENT_METRICS
 _AGENT_METRIC_NAMES = frozenset(d.name for d in AGENT_METRICS)
 
 # The flag behind each spec field, so a refused value is reported as the flag to fix.

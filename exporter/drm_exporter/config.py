@@ -207,6 +207,14 @@ def resolve_cloud_cache(cfg: Config, environ: Mapping[str, str]) -> Path | None:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # false: for workers whose agent serves its own /metrics (a metrics URL in /sd), leave
+    # the series the agent serves to it (docs/scale-out.md); pool, reservation, scaling and
+    # cost series, and liveness, stay on the coordinator.
+    agent_worker_series: bool = True
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     token: str = ""  # empty: write endpoints are open (bind to localhost, or set one)
 
@@ -248,6 +256,7 @@ class Config:
     cost: CostConfig = field(default_factory=CostConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web_config_file: str = ""  # relative to the config file's folder
     # The state file (docs/state.md), relative to the config file's folder; None: the default
     # location, filled in by `serve` (see resolve_state_file); "": memory only.

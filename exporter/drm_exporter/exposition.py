@@ -14,11 +14,12 @@ asks for gzip (the usual case: Prometheus always does).
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import add
 
@@ -31,6 +32,9 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 CONTENT_TYPES = {TEXT: CONTENT_TYPE, OPENMETRICS: OPENMETRICS_CONTENT_TYPE}
 
 Sample = tuple[tuple[str, ...], float]
+_NUMBERS = {float, int}
+log = logging.getLogger(__name__)
+_SLICE = 8192
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,20 @@ class Family:
 
 
 def columns(metric: MetricDef, keys: Sequence[tuple[str, ...]],
-            values: Iterable[float]) -> Family:
-    """A family from parallel columns; values become floats (an int or bool would print as
-    `96` or `True`, and `True` is not a number to Prometheus)."""
+            values: Iterable[float], check: bool = True) -> Family:
+    """A family from parallel columns. Floats and ints are kept as they are (an int prints
+    as `96`, and converting would allocate a float per sample each tick); anything else,
+    such as a bool that would print as `True`, becomes a float."""
     ks = tuple(keys)
-    vs = tuple(map(float, values))
+    vs = tuple(values)
+    if not set(map(type, vs)) <= _NUMBERS:
+        vs = tuple(map(float, vs))
     if len(ks) != len(vs):
         raise ValueError(f"{metric.name}: {len(ks)} label sets for {len(vs)} values")
     n = len(metric.labels)
-    if ks and set(map(len, ks)) != {n}:
+    # `check=False` is for builders whose key tuples are made by code, not from input (the
+    # snapshot's GPU rows): their label count is fixed by construction and tested.
+    if check and ks and set(map(len, ks)) != {n}:
         bad = next(k for k in ks if len(k) != n)
         raise ValueError(f"{metric.name}: {len(bad)} label values for {metric.labels}")
     return Family(metric, ks, vs)
@@ -170,11 +179,15 @@ class _Piece:
     shift: int
 
     @classmethod
-    def of(cls, text: bytes, level: int, keys: tuple[tuple[str, ...], ...],
+    def of(cls, parts: Iterable[bytes], level: int, keys: tuple[tuple[str, ...], ...],
            values: tuple[float, ...]) -> _Piece:
         z = zlib.compressobj(level, zlib.DEFLATED, -15)
-        data = z.compress(text) + z.flush(zlib.Z_SYNC_FLUSH)
-        return cls(keys, values, data, zlib.crc32(text), len(text), _x2nmodp(len(text)))
+        out, crc, size = [], 0, 0
+        for p in parts:
+            out.append(z.compress(p))
+            crc, size = zlib.crc32(p, crc), size + len(p)
+        out.append(z.flush(zlib.Z_SYNC_FLUSH))
+        return cls(keys, values, b"".join(out), crc, size, _x2nmodp(size))
 
 
 class Formatter:
@@ -190,23 +203,28 @@ class Formatter:
             lt = self._labels[names] = _LabelText(names)
         return lt
 
-    def family_text(self, f: Family, fmt: str = TEXT) -> str:
+    def family_parts(self, f: Family, fmt: str = TEXT) -> Iterator[str]:
+        """The family's text in slices of at most _SLICE samples: a 80,000-sample family
+        never has all its temporary strings alive at once (peak memory, not speed)."""
         m = f.metric
         om = fmt == OPENMETRICS
         # OpenMetrics names a counter's family without the _total its samples carry.
         fam_name = m.name.removesuffix("_total") if om and m.type == "counter" else m.name
-        head = f"# HELP {fam_name} {_escape_help(m.help, om)}\n# TYPE {fam_name} {m.type}\n"
-        if not f.keys:
-            return head
-        vals = f.values
-        total = sum(vals)
-        # All finite (the usual case): repr is the shortest round-tripping spelling. Else
-        # spell NaN and the infinities the way both formats require.
-        texts = map(repr, vals) if total - total == 0 else map(format_value, vals)
+        yield f"# HELP {fam_name} {_escape_help(m.help, om)}\n# TYPE {fam_name} {m.type}\n"
         labels = self._label_text(m.labels)
         name = m.name
-        body = ("\n" + name).join(map(add, map(labels.__getitem__, f.keys), texts))
-        return f"{head}{name}{body}\n"
+        sep = "\n" + name
+        for i in range(0, len(f.keys), _SLICE):
+            vals = f.values[i:i + _SLICE]
+            total = sum(vals)
+            # All finite (the usual case): repr is the shortest round-tripping spelling.
+            # Else spell NaN and the infinities the way both formats require.
+            texts = map(repr, vals) if total - total == 0 else map(format_value, vals)
+            lines = sep.join(map(add, map(labels.__getitem__, f.keys[i:i + _SLICE]), texts))
+            yield f"{name}{lines}\n"
+
+    def family_text(self, f: Family, fmt: str = TEXT) -> str:
+        return "".join(self.family_parts(f, fmt))
 
     def chunks(self, families: Sequence[Family], fmt: str = TEXT) -> Iterable[bytes]:
         for f in families:
@@ -232,16 +250,16 @@ class Formatter:
             if piece is not None and piece.keys == f.keys and piece.values == f.values:
                 crc = _crc32_combine(crc, piece.crc, piece.shift)
             else:
-                text = self.family_text(f, fmt).encode("utf-8")
-                piece = _Piece.of(text, level, f.keys, f.values)
-                crc = zlib.crc32(text, crc)
+                piece = _Piece.of((p.encode("utf-8") for p in self.family_parts(f, fmt)),
+                                  level, f.keys, f.values)
+                crc = _crc32_combine(crc, piece.crc, piece.shift)
             fresh[f.metric.name] = piece
             out.append(piece.data)
             size += piece.size
         if fmt == OPENMETRICS:
-            eof = _Piece.of(b"# EOF\n", level, (), ())
+            eof = _Piece.of([b"# EOF\n"], level, (), ())
             out.append(eof.data)
-            crc, size = zlib.crc32(b"# EOF\n", crc), size + eof.size
+            crc, size = _crc32_combine(crc, eof.crc, eof.shift), size + eof.size
         out.append(_FINAL_BLOCK)
         out.append(struct.pack("<II", crc, size & 0xFFFFFFFF))
         self._pieces[fmt] = fresh  # departed families drop out here
@@ -308,25 +326,56 @@ def negotiate(accept: str | None) -> str:
 class SnapshotStore:
     """Holds the latest families; formats and compresses each (version, format, encoding) at
     most once. Scrapers of a new snapshot queue on one lock, so two concurrent scrapers cost
-    one formatting, not two."""
+    one formatting, not two.
 
-    def __init__(self) -> None:
+    Families arrive either eagerly (`publish`) or from a `source` called on the first read
+    after `invalidate()`: then a snapshot is built only when someone reads it, and a build
+    that raises keeps the last good families (logged), so /metrics keeps answering."""
+
+    def __init__(self, source: Callable[[], Iterable[Family]] | None = None) -> None:
         self._lock = threading.Lock()
         self._families: tuple[Family, ...] = ()
         self._version = 0
         self._cache: dict[tuple[str, bool], bytes] = {}
         self._formatter = Formatter()
+        self._source = source
+        self._stale = source is not None
+        self._failed: str | None = None
 
     def publish(self, families: Iterable[Family]) -> None:
         fams = tuple(families)
         with self._lock:
-            self._families = fams
-            self._version += 1
-            self._cache = {}
+            self._set(fams)
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._stale = self._source is not None
+
+    def _set(self, fams: tuple[Family, ...]) -> None:
+        self._families = fams
+        self._version += 1
+        self._cache = {}
+        self._stale = False
+
+    def _refresh(self) -> None:  # with the lock held
+        if not self._stale or self._source is None:
+            return
+        try:
+            fams = tuple(self._source())
+        except Exception as e:  # a bug in a builder must not take /metrics down with it
+            problem = f"{type(e).__name__}: {e}"
+            if problem != self._failed:
+                log.exception("building the metrics snapshot failed; serving the last one")
+            self._failed = problem
+            return
+        self._failed = None
+        self._set(fams)
 
     @property
     def families(self) -> tuple[Family, ...]:
-        return self._families
+        with self._lock:
+            self._refresh()
+            return self._families
 
     @property
     def version(self) -> int:
@@ -335,6 +384,7 @@ class SnapshotStore:
     def body(self, compressed: bool, fmt: str = TEXT) -> bytes:
         key = (fmt, compressed)
         with self._lock:
+            self._refresh()
             cached = self._cache.get(key)
             if cached is None:
                 if compressed:
