@@ -120,22 +120,28 @@ def start_exporter(config: Path | None, port: int, log_path: Path,
 
 def start_prometheus(run_dir: Path, target: str, port: int,
                      scrape_interval: str = "5s") -> ManagedProcess:
+    p = spawn_prometheus(run_dir, derive_prometheus_config(target, scrape_interval), port)
+    wait_http_ok(f"http://127.0.0.1:{port}/-/ready", p)
+    return p
+
+
+def spawn_prometheus(run_dir: Path, config: dict[str, Any], port: int,
+                     name: str = "prometheus") -> ManagedProcess:
+    """Debian's Prometheus on 127.0.0.1:`port` with `config`, its files in `run_dir`; returns
+    at once, so several can start side by side (wait_http_ok on /-/ready before use)."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise StackError("Prometheus is not installed. On Debian: apt-get install prometheus "
                          "(`make demo` and `make test` do it for you).")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "prometheus.yml"
-    cfg_path.write_text(yaml.safe_dump(derive_prometheus_config(target, scrape_interval),
-                                       sort_keys=False), encoding="utf-8")
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     data = run_dir / "prometheus-data"
     shutil.rmtree(data, ignore_errors=True)
-    p = ManagedProcess("prometheus", [
+    return ManagedProcess(name, [
         binary, f"--config.file={cfg_path}", f"--storage.tsdb.path={data}",
         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
     ], run_dir / "prometheus.log")
-    wait_http_ok(f"http://127.0.0.1:{port}/-/ready", p)
-    return p
 
 
 def prometheus_query(base: str, expr: str) -> list[dict[str, Any]]:
