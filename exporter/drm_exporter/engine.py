@@ -107,7 +107,7 @@ class _PoolRuntime:
         self.provisioning = [mono + (t - now) for t in rec.provisioning]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkerView:
     spec: WorkerSpec
     state: str

@@ -10,7 +10,7 @@ STATE_ACTIVE = "active"
 STATE_DRAINING = "draining"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """Who a worker is and what it offers. GPUs are whole devices, indexed 0..gpus-1."""
 
@@ -47,7 +47,7 @@ class WorkerSpec:
             raise ValueError("cpu_source and memory_source are reported together or not at all")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MigReading:
     """One MIG device of a GPU in MIG mode. `index` is its slot on the parent (0..max-1, as
     nvmlDeviceGetMigDeviceHandleByIndex numbers them); its memory is part of the parent's."""
@@ -58,7 +58,7 @@ class MigReading:
     memory_used_bytes: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuReading:
     """One GPU as measured. A field the device does not support is None (absent, never 0).
     The memory fields are the whole device's, MIG or not; `mig_devices` break it down."""
@@ -77,7 +77,7 @@ class GpuReading:
     mig_devices: tuple[MigReading, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Measured usage in one report. None means "not measured", which is exported as absent."""
 
@@ -93,7 +93,7 @@ class Usage:
             raise ValueError(f"memory_used_bytes must be >= 0, got {self.memory_used_bytes}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Worker:
     spec: WorkerSpec
     state: str
