@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
@@ -24,7 +25,15 @@ _GPU_METRICS = (m.GPU_INFO, m.GPU_UP, m.GPU_UTILIZATION, m.GPU_MEMORY_TOTAL, m.G
 _GPU_FIELDS = ("utilization_ratio", "memory_total_bytes", "memory_used_bytes",
                "temperature_celsius", "power_watts")
 Rows = list[tuple[Sequence[tuple[str, ...]], Sequence[float]]]
-_INDEX, _UP, _MIGS = attrgetter("index"), attrgetter("up"), attrgetter("mig_devices")
+_SHAPE = attrgetter("index", "up", "mig_devices")
+
+
+@functools.cache
+def _plain_shape(n: int) -> tuple[tuple[int, bool, tuple[()]], ...]:
+    """What _SHAPE reads off n plain GPUs: indices 0..n-1, all up, no MIG devices."""
+    return tuple((i, True, ()) for i in range(n))
+
+
 _IDENT = attrgetter("uuid", "name", "driver_version", "mig_mode")
 _FIELD_GETTERS = tuple(attrgetter(f) for f in _GPU_FIELDS)
 _KEYS, _VALUES = itemgetter(0), itemgetter(1)
@@ -79,8 +88,7 @@ class _WorkerKeys:
         """The common case without a Python step per GPU: GPUs 0..n-1, all up, no MIG. None
         for anything else (then _gpu_rows, one GPU at a time)."""
         n = len(gs)
-        if list(map(_INDEX, gs)) != list(range(n)) or not all(map(_UP, gs)) \
-                or any(map(_MIGS, gs)):
+        if tuple(map(_SHAPE, gs)) != _plain_shape(n):
             return None
         if n:
             self.gpu(n - 1)  # the key list grows to n
