@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from .config import load_config_file, parse_listen_address
+from .generated import write_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -241,18 +242,7 @@ def render() -> dict[str, str]:
 
 def write_all(out_dir: Path = OUT_DIR) -> list[Path]:
     """Write render() into out_dir, removing *.yaml there that it no longer produces."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = render()
-    for stale in out_dir.glob("*.yaml"):
-        if stale.name not in files:
-            stale.unlink()
-    written = []
-    for name, text in files.items():
-        path = out_dir / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(out_dir, render(), "*.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:

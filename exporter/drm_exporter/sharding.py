@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from .generated import write_files
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / "prometheus" / "sharding"
 
@@ -119,17 +121,7 @@ def render(s: ShardSettings = ShardSettings()) -> dict[str, str]:
 
 def write_all(out_dir: Path = OUT_DIR, s: ShardSettings = ShardSettings()) -> list[Path]:
     """Write render() into out_dir, removing shard-*.yml there that it no longer produces."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = render(s)
-    for stale in out_dir.glob("shard-*.yml"):
-        if stale.name not in files:
-            stale.unlink()
-    written = []
-    for name, text in files.items():
-        path = out_dir / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(out_dir, render(s), "shard-*.yml")
 
 
 def main(argv: list[str] | None = None) -> int:
