@@ -71,6 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
         hint = " (--reset-state moves it aside and starts empty)" if e.movable else ""
         print(f"drm-exporter: state file {e}{hint}", file=sys.stderr)
         return 2
+    # Counted before start(): what the file held, not what the simulator adds next.
+    restored = (len(svc.engine.workers()), len(svc.engine.reservations()))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -90,8 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
              "on" if svc.web.basic_auth else "off",
              f"need the token from {svc.token_source}" if svc.api_token else "are open")
     if state_file:
-        log.info("state file %s: %d workers, %d reservations", state_file,
-                 len(svc.engine.workers()), len(svc.engine.reservations()))
+        log.info("state file %s: restored %s and %s", state_file,
+                 _count(restored[0], "worker"), _count(restored[1], "reservation"))
     else:
         log.info("no state file: a restart forgets workers, reservations, cost and counters")
     stop.wait()
@@ -246,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"drm-exporter: config error: {e}", file=sys.stderr)
         return 2
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 if __name__ == "__main__":

@@ -353,7 +353,10 @@ class _Builder:
     def scalar(self, tp: Any, node: yaml.Node, key: str) -> Any:
         want = _KIND.get(tp, tp.__name__)
         if not isinstance(node, yaml.ScalarNode):
-            self.fail(node, key, f"expected {want}")
+            kind = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+            self.fail(node, key, f"expected {want}, got {kind}")
+        if _is_null(node):  # YAML's spelling, not Python's None
+            self.fail(node, key, f"expected {want}, got null")
         v = self.loader.construct_object(node)
         if tp is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)

@@ -181,18 +181,17 @@ REASONS_BY_ACTION: dict[str, tuple[str, ...]] = {
 
 # What an agent knows first-hand and serves on its own /metrics. Reservations, pools, scaling
 # and cost live on the coordinator: an agent exporting its local zeros for them would
-# contradict it.
+# contradict it. So does liveness: an agent's own drm_worker_up would be 1 whenever it can
+# answer at all (Prometheus' `up` says that); whether it still reports only the coordinator sees.
 AGENT_METRICS: tuple[MetricDef, ...] = (
     BUILD_INFO, COLLECTOR_SUCCESS, COLLECTOR_DURATION, COLLECTOR_LAST_SUCCESS,
-    WORKER_INFO, WORKER_UP, WORKER_LAST_REPORT, WORKER_CPU_CORES,
+    WORKER_INFO, WORKER_CPU_CORES,
     WORKER_CPU_UTILIZATION, WORKER_MEMORY_TOTAL, WORKER_MEMORY_USED,
     GPU_INFO, GPU_UP, GPU_UTILIZATION, GPU_MEMORY_TOTAL, GPU_MEMORY_USED,
     GPU_TEMPERATURE, GPU_POWER, GPU_MIG_INFO, GPU_MIG_MEMORY_TOTAL, GPU_MIG_MEMORY_USED,
 )
 # Of those, the per-worker ones a coordinator whose agents are scraped directly (config
 # `metrics.agent_worker_series: false`) leaves to the agents, for workers with a metrics URL,
-# so the store does not hold every such series twice. Liveness stays: only the coordinator
-# sees an agent stop reporting (an agent's own drm_worker_up is 1 while it can answer).
+# so the store does not hold every such series twice.
 AGENT_WORKER_METRICS: frozenset[str] = frozenset(
-    d.name for d in AGENT_METRICS if d.labels[:1] == ("worker",)
-    and d not in (WORKER_UP, WORKER_LAST_REPORT))
+    d.name for d in AGENT_METRICS if d.labels[:1] == ("worker",))
