@@ -1,14 +1,15 @@
 """Prometheus exposition of immutable metric families: text format 0.0.4 and OpenMetrics 1.0.
 
 Hand-written rather than prometheus_client's registry: families are rebuilt from the live
-registry each tick (so a departed worker's series vanish without purge code) and a scrape only
-formats a ready snapshot, once per snapshot and format however many scrapers ask.
+registry for each snapshot (so a departed worker's series vanish without purge code), and a
+snapshot is formatted once per format however many scrapers ask.
 
 Why it is fast (benchmarks/scrape.py measures it against prometheus_client and a minimal
-formatter): a family is stored as columns (label-value tuples, float values), the
-`{label="value",...} ` text of a label set is built once and reused across families and
-snapshots, and each family is joined by C-level `map`/`str.join` with no Python code per sample.
-The gzip stream is fed family by family, so the whole plain body never exists when a scraper
+formatter; docs/performance.md has the figures): a family is stored as columns (label-value
+tuples, numbers); the `{label="value",...} ` text of a label set is built once and reused
+across families and snapshots; each family is joined by C-level `map`/`str.join` with no Python
+code per sample; and the gzip body is made of per-family pieces, a family unchanged since the
+last snapshot reusing its compressed piece. The whole plain body never exists when a scraper
 asks for gzip (the usual case: Prometheus always does).
 """
 
@@ -247,12 +248,12 @@ class Formatter:
         old = self._pieces.get(fmt, {})
         for f in families:
             piece = old.get(f.metric.name)
-            if piece is not None and piece.keys == f.keys and piece.values == f.values:
-                crc = _crc32_combine(crc, piece.crc, piece.shift)
-            else:
+            # Equal, not identical: a new snapshot holds new tuples. Comparing costs a
+            # fraction of formatting, and stops at the first difference.
+            if piece is None or piece.keys != f.keys or piece.values != f.values:
                 piece = _Piece.of((p.encode("utf-8") for p in self.family_parts(f, fmt)),
                                   level, f.keys, f.values)
-                crc = _crc32_combine(crc, piece.crc, piece.shift)
+            crc = _crc32_combine(crc, piece.crc, piece.shift)
             fresh[f.metric.name] = piece
             out.append(piece.data)
             size += piece.size
