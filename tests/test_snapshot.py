@@ -131,3 +131,31 @@ def test_agent_worker_series_can_be_left_to_the_agents() -> None:
     assert m.GPU_UTILIZATION.name in m.AGENT_WORKER_METRICS
     cfg = load_config("metrics: {agent_worker_series: false}\n", "c.yml")
     assert cfg.metrics.agent_worker_series is False
+
+
+def test_invalidate_never_waits_for_a_build_and_is_not_lost_during_one() -> None:
+    import threading
+    import time
+
+    started, release = threading.Event(), threading.Event()
+    engine = Engine()
+    engine.register(spec("w1"))
+    builds: list[int] = []
+
+    def slow_source() -> list:
+        builds.append(1)
+        started.set()
+        release.wait(5)  # a scrape formatting a large fleet
+        return build_families(engine.view(), {})
+    store = SnapshotStore(slow_source)
+    reader = threading.Thread(target=store.body, args=(False,))
+    reader.start()
+    assert started.wait(5)
+    engine.register(spec("w2"))
+    t0 = time.monotonic()
+    store.invalidate()  # the tick loop, while the scrape is still building
+    assert time.monotonic() - t0 < 0.5
+    release.set()
+    reader.join(5)
+    # the build that was running when the tick came does not count as fresh
+    assert b'worker="w2"' in store.body(False) and len(builds) == 2

@@ -340,7 +340,10 @@ class SnapshotStore:
         self._cache: dict[tuple[str, bool], bytes] = {}
         self._formatter = Formatter()
         self._source = source
-        self._stale = source is not None
+        # Generations, not a flag: invalidate() takes no lock (the tick loop must not wait for
+        # a scrape that is formatting), and one that lands mid-build is not lost.
+        self._wanted = 1 if source is not None else 0
+        self._built = 0
         self._failed: str | None = None
 
     def publish(self, families: Iterable[Family]) -> None:
@@ -349,17 +352,17 @@ class SnapshotStore:
             self._set(fams)
 
     def invalidate(self) -> None:
-        with self._lock:
-            self._stale = self._source is not None
+        if self._source is not None:
+            self._wanted += 1
 
     def _set(self, fams: tuple[Family, ...]) -> None:
         self._families = fams
         self._version += 1
         self._cache = {}
-        self._stale = False
 
     def _refresh(self) -> None:  # with the lock held
-        if not self._stale or self._source is None:
+        wanted = self._wanted
+        if wanted == self._built or self._source is None:
             return
         try:
             fams = tuple(self._source())
@@ -370,6 +373,7 @@ class SnapshotStore:
             self._failed = problem
             return
         self._failed = None
+        self._built = wanted
         self._set(fams)
 
     @property
