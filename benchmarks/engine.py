@@ -14,8 +14,8 @@ every timed tick is an evaluation tick. Then it times:
             and every worker reports (untimed), as a live fleet would.
   eval      scaling.evaluate() alone for every pool, on the signals the tick computed: the
             pure policy, so the reader sees how much of a tick is the decision itself.
-  view      Engine.view(), the immutable copy the service loop publishes after each tick
-            (context: it is not part of the tick target).
+  view      Engine.view(), the immutable copy a snapshot is built from, once per scrape that
+            finds the snapshot stale (context: it is not part of the tick target).
   http      the agent's report, PUT /api/v1/workers/{worker} with spec + usage (client.py's
             spec_body), and a usage-only heartbeat POST /api/v1/workers/{worker}/heartbeat,
             sent by a client in its own process (agents run on other hosts) over 4 keep-alive
