@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from child import run_child
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
@@ -371,14 +373,11 @@ def main() -> int:
         return 0
     results = []
     for w in (int(x) for x in args.workers.split(",") if x.strip()):
-        cmd = [sys.executable, __file__, "--one", str(w), "--repeat", str(args.repeat),
-               "--reports", str(args.reports)] + (["--profile"] if args.profile else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            print(f"W={w}: the measuring process failed (exit {out.returncode})")
+        r = run_child(__file__, w, ["--repeat", str(args.repeat), "--reports",
+                                    str(args.reports)] + (["--profile"] if args.profile else []),
+                      1800)
+        if r is None:
             return 2
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         print(f"W={w}: fleet built in {r['fleet_s']:.1f} s; last tick decided {r['decisions']}",
               flush=True)

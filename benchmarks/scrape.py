@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from child import run_child
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
@@ -388,13 +390,9 @@ def main() -> int:
         return 0
     results = []
     for w in (int(x) for x in args.workers.split(",") if x.strip()):
-        out = subprocess.run([sys.executable, __file__, "--one", str(w), "--repeat",
-                              str(args.repeat)], capture_output=True, text=True, timeout=3600)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            print(f"W={w}: the measuring process failed (exit {out.returncode})")
+        r = run_child(__file__, w, ["--repeat", str(args.repeat)], 3600)
+        if r is None:
             return 2
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         print(f"W={w}: ours {r['content_type']!r} ({r['content_encoding'] or 'identity'}), "
               f"without Accept {r['text_content_type']!r}; baseline "
