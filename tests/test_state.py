@@ -244,7 +244,7 @@ def test_a_hand_made_version_0_file_is_migrated(tmp_path: Path) -> None:
     db.close()
     assert path.stat().st_size > 0
     s = StateStore.open(path)
-    assert s.schema_version == 1 and s.load().workers == ()
+    assert s.schema_version == SCHEMA_VERSION and s.load().workers == ()
     s.close()
 
 
@@ -264,13 +264,14 @@ def test_an_older_schema_is_migrated_in_one_transaction(tmp_path: Path) -> None:
     e.reserve("t1", 1, GIB)
     e.close()
     # A step that fails halfway leaves the file exactly as it was.
-    with pytest.raises(StateError, match="migration to schema version 2 failed"):
-        StateStore.open(path, {**MIGRATIONS, 2: _v2_broken})
+    nxt = SCHEMA_VERSION + 1
+    with pytest.raises(StateError, match=f"migration to schema version {nxt} failed"):
+        StateStore.open(path, {**MIGRATIONS, nxt: _v2_broken})
     s = StateStore.open(path)
-    assert s.schema_version == 1
+    assert s.schema_version == SCHEMA_VERSION
     s.close()
-    s = StateStore.open(path, {**MIGRATIONS, 2: _v2_add_note})
-    assert s.schema_version == 2
+    s = StateStore.open(path, {**MIGRATIONS, nxt: _v2_add_note})
+    assert s.schema_version == nxt
     state = s.load()
     assert [w.spec.worker for w in state.workers] == ["a"]
     assert [r.task_id for r in state.reservations] == ["t1"]
@@ -278,6 +279,35 @@ def test_an_older_schema_is_migrated_in_one_transaction(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     assert db.execute("SELECT note FROM workers").fetchall() == [("migrated",)]
     db.close()
+
+
+def test_a_version_1_file_gets_capacity_sources_and_keeps_everything(tmp_path: Path) -> None:
+    import dataclasses
+
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path, isolation_level=None)  # what the first release wrote
+    db.execute("BEGIN")
+    MIGRATIONS[1](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO workers (worker, pool, provider, region, instance_type, hostname, "
+               "cpu_cores, memory_total_bytes, gpus, metrics_url, state, registered_at) VALUES "
+               "('old', 'cpu', 'aws', 'us-east-1', 'm5.2xlarge', 'old.test', 8, 34359738368, "
+               "2, '', 'active', 1700000000)")
+    db.execute("COMMIT")
+    db.close()
+    e = engine_on(path, ManualClock())  # this release: migrated on open
+    [w] = e.view().workers
+    assert (w.spec.worker, w.spec.gpus, w.spec.cpu_source) == ("old", 2, "")
+    assert e._store is not None and e._store.schema_version == SCHEMA_VERSION == 2  # noqa: SLF001
+    # a worker that reports where its capacity comes from keeps it across a restart
+    e.register(dataclasses.replace(spec("box", cores=4), cpu_source="cgroup_v2",
+                                   memory_source="cgroup_v2"))
+    e.close()
+    e = engine_on(path, ManualClock())
+    box = e.worker("box")
+    assert box is not None
+    assert (box.spec.cpu_source, box.spec.memory_source) == ("cgroup_v2", "cgroup_v2")
+    e.close()
 
 
 def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
@@ -290,7 +320,8 @@ def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(StateError) as err:
         StateStore.open(path)
     assert str(path) in str(err.value)
-    assert "schema version 7 is newer than this drm-exporter knows (1)" in str(err.value)
+    assert (f"schema version 7 is newer than this drm-exporter knows ({SCHEMA_VERSION})"
+            in str(err.value))
     assert path.read_bytes() == data
 
 
@@ -319,7 +350,7 @@ def _foreign(path: Path) -> Path:
 def _claims_v1(path: Path) -> Path:
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE workers (worker TEXT)")
-    db.execute("PRAGMA user_version = 1")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     db.commit()
     db.close()
     return path
@@ -611,7 +642,8 @@ def test_serve_refuses_a_bad_file_with_exit_2_and_reset_state_starts(tmp_path: P
     assert rc == 0 and f"moved it aside to {aside}" in out, out
     # A file from a newer drm-exporter: exit 2 as well, and the file is left alone.
     db = sqlite3.connect(state)
-    db.execute("PRAGMA user_version = 2")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "schema version 2 is newer" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"schema version {SCHEMA_VERSION + 1} is newer" in r.stderr, \
+        r.stderr

@@ -149,12 +149,22 @@ def _v1_initial(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v2_capacity_sources(db: sqlite3.Connection) -> None:
+    """Version 2: where a worker's cores and memory size come from (host, cgroup_v1,
+    cgroup_v2), so drm_worker_capacity_info survives a restart instead of waiting for the
+    worker's next full report."""
+    _execute_script(db, """
+        ALTER TABLE workers ADD COLUMN cpu_source TEXT NOT NULL DEFAULT '';
+        ALTER TABLE workers ADD COLUMN memory_source TEXT NOT NULL DEFAULT ''
+    """)
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
 # Target version -> the step from the version before it. Append, never edit: a released
 # migration has already run on someone's file. A step may only use SQL (no engine code), so it
 # keeps working when the engine changes.
-MIGRATIONS: dict[int, Migration] = {1: _v1_initial}
+MIGRATIONS: dict[int, Migration] = {1: _v1_initial, 2: _v2_capacity_sources}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -303,16 +313,19 @@ class StateStore:
         with self.transaction():
             self._db.execute(
                 "INSERT INTO workers (worker, pool, provider, region, instance_type, hostname, "
-                "cpu_cores, memory_total_bytes, gpus, metrics_url, state, registered_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker) DO UPDATE SET "
+                "cpu_cores, memory_total_bytes, gpus, metrics_url, cpu_source, memory_source, "
+                "state, registered_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (worker) DO UPDATE SET "
                 "pool = excluded.pool, provider = excluded.provider, region = excluded.region, "
                 "instance_type = excluded.instance_type, hostname = excluded.hostname, "
                 "cpu_cores = excluded.cpu_cores, memory_total_bytes = "
                 "excluded.memory_total_bytes, gpus = excluded.gpus, metrics_url = "
-                "excluded.metrics_url, state = excluded.state",
+                "excluded.metrics_url, cpu_source = excluded.cpu_source, memory_source = "
+                "excluded.memory_source, state = excluded.state",
                 (s.worker, s.pool, s.provider, s.region, s.instance_type, s.hostname,
-                 s.cpu_cores, s.memory_total_bytes, s.gpus, s.metrics_url, w.state,
-                 w.registered_at))
+                 s.cpu_cores, s.memory_total_bytes, s.gpus, s.metrics_url, s.cpu_source,
+                 s.memory_source, w.state, w.registered_at))
 
     def delete_worker(self, worker: str) -> None:
         """The worker and (by cascade) its reservations."""
@@ -368,15 +381,15 @@ class StateStore:
         workers: dict[str, WorkerRecord] = {}
         for row in db.execute(
                 "SELECT worker, pool, provider, region, instance_type, hostname, cpu_cores, "
-                "memory_total_bytes, gpus, metrics_url, state, registered_at FROM workers "
-                "ORDER BY worker"):
+                "memory_total_bytes, gpus, metrics_url, cpu_source, memory_source, state, "
+                "registered_at FROM workers ORDER BY worker"):
             try:
-                spec = WorkerSpec(*row[:10])
+                spec = WorkerSpec(*row[:12])
             except (TypeError, ValueError) as e:
                 raise StateError(self.path, f"worker {row[0]!r}: {e}") from None
-            if row[10] not in (STATE_ACTIVE, STATE_DRAINING):
-                raise StateError(self.path, f"worker {row[0]!r}: unknown state {row[10]!r}")
-            workers[spec.worker] = WorkerRecord(spec, row[10], float(row[11]))
+            if row[12] not in (STATE_ACTIVE, STATE_DRAINING):
+                raise StateError(self.path, f"worker {row[0]!r}: unknown state {row[12]!r}")
+            workers[spec.worker] = WorkerRecord(spec, row[12], float(row[13]))
         reservations = []
         held: dict[str, list[float]] = {w: [0.0, 0.0] for w in workers}
         gpus_held: dict[str, set[int]] = {w: set() for w in workers}
